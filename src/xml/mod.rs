@@ -1,0 +1,6 @@
+//! XML: the element tree, the incremental stream reader with its limits, and namespaces.
+
+pub mod element;
+pub mod reader;
+
+pub use element::{Element, Node};

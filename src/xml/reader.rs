@@ -1,0 +1,1 @@
+//! Incremental XML stream reader (to be written).
