@@ -1,0 +1,284 @@
+//! The byte side of a client stream: socket, TLS upgrade, reader, and batched writes.
+
+use crate::net::MaybeTls;
+use crate::ns;
+use crate::sasl::ChannelBindings;
+use crate::stanza::StreamError;
+use crate::xml::reader::{Limits, StreamEvent, StreamHeader, StreamReader, XmlError};
+use crate::xml::Element;
+use crate::ServerState;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const READ_CHUNK: usize = 4096;
+/// A peer that does not drain its socket for this long is gone as far as we care.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum C2sError {
+    /// Send this stream error, then close.
+    #[error("stream error: {0}")]
+    Stream(StreamError),
+    /// The peer closed the stream (or the connection) cleanly.
+    #[error("closed")]
+    Closed,
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<XmlError> for C2sError {
+    fn from(e: XmlError) -> Self {
+        C2sError::Stream(StreamError::new(e.condition()).with_text(e.to_string()))
+    }
+}
+
+pub struct Conn {
+    io: Option<MaybeTls>,
+    reader: StreamReader,
+    rbuf: Vec<u8>,
+    out: Vec<u8>,
+    peer: SocketAddr,
+    bindings: ChannelBindings,
+    header_sent: bool,
+    stream_id: u64,
+    domain: String,
+}
+
+impl Conn {
+    pub fn new(server: &ServerState, tcp: TcpStream, peer: SocketAddr) -> Conn {
+        let l = &server.config.limits;
+        Conn {
+            io: Some(MaybeTls::Plain(tcp)),
+            reader: StreamReader::new(Limits {
+                max_stanza_bytes: l.max_stanza_bytes,
+                max_depth: l.max_depth,
+                max_attrs: l.max_attrs,
+            }),
+            rbuf: vec![0; READ_CHUNK],
+            out: Vec::new(),
+            peer,
+            bindings: ChannelBindings::default(),
+            header_sent: false,
+            stream_id: 0,
+            domain: server.config.domain.clone(),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.io.as_ref().is_some_and(MaybeTls::is_tls)
+    }
+
+    pub fn bindings(&self) -> &ChannelBindings {
+        &self.bindings
+    }
+
+    fn io(&mut self) -> Result<&mut MaybeTls, C2sError> {
+        self.io.as_mut().ok_or(C2sError::Closed)
+    }
+
+    /// TLS from the first byte (XEP-0368).
+    pub async fn start_tls(&mut self, server: &ServerState) -> Result<(), C2sError> {
+        let tcp = match self.io.take() {
+            Some(MaybeTls::Plain(tcp)) => tcp,
+            other => {
+                self.io = other;
+                return Err(C2sError::Closed);
+            }
+        };
+        let accept = server.tls.acceptor.accept(tcp);
+        let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept)
+            .await
+            .map_err(|_| C2sError::Closed)??;
+        self.bindings = server.tls.bindings(&tls);
+        self.io = Some(MaybeTls::Tls(Box::new(tls)));
+        Ok(())
+    }
+
+    /// STARTTLS after `<proceed/>` went out: the old stream is gone (RFC 6120 §5.4.3.3).
+    pub async fn start_tls_after_proceed(&mut self, server: &ServerState) -> Result<(), C2sError> {
+        self.flush().await?;
+        if self.reader.buffered() > 0 {
+            // Bytes after <starttls/> and before the handshake would be injected into the
+            // encrypted stream's view: refuse them.
+            return Err(C2sError::Stream(StreamError::new("policy-violation")));
+        }
+        self.start_tls(server).await?;
+        self.restart();
+        Ok(())
+    }
+
+    /// A stream restart (after TLS or SASL): the next thing is a new header.
+    pub fn restart(&mut self) {
+        self.reader.reset();
+        self.header_sent = false;
+    }
+
+    /// Reads once from the socket into the parser.
+    pub async fn read_some(&mut self) -> Result<(), C2sError> {
+        let mut rbuf = std::mem::take(&mut self.rbuf);
+        let n = self.io()?.read(&mut rbuf).await;
+        self.rbuf = rbuf;
+        let n = n?;
+        if n == 0 {
+            return Err(C2sError::Closed);
+        }
+        self.reader.feed(&self.rbuf[..n]);
+        Ok(())
+    }
+
+    pub fn next_event(&mut self) -> Result<Option<StreamEvent>, C2sError> {
+        Ok(self.reader.next_event()?)
+    }
+
+    async fn next_event_wait(&mut self) -> Result<StreamEvent, C2sError> {
+        loop {
+            if let Some(ev) = self.next_event()? {
+                return Ok(ev);
+            }
+            self.read_some().await?;
+        }
+    }
+
+    pub async fn expect_header(&mut self) -> Result<StreamHeader, C2sError> {
+        match self.next_event_wait().await? {
+            StreamEvent::Open(h) => Ok(h),
+            StreamEvent::Close => Err(C2sError::Closed),
+            StreamEvent::Element(_) => Err(C2sError::Stream(StreamError::new("not-well-formed"))),
+        }
+    }
+
+    pub async fn expect_element(&mut self) -> Result<Element, C2sError> {
+        match self.next_event_wait().await? {
+            StreamEvent::Element(e) => Ok(e),
+            StreamEvent::Close => Err(C2sError::Closed),
+            StreamEvent::Open(_) => Err(C2sError::Stream(StreamError::new("not-well-formed"))),
+        }
+    }
+
+    /// Our response stream header (RFC 6120 §4.7).
+    pub async fn send_header(
+        &mut self,
+        server: &ServerState,
+        to: Option<&str>,
+    ) -> Result<(), C2sError> {
+        self.write_header(server, to);
+        self.flush().await
+    }
+
+    fn write_header(&mut self, server: &ServerState, to: Option<&str>) {
+        use rand::Rng;
+        self.stream_id = rand::thread_rng().gen();
+        let mut h = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' id='{:016x}' from='{}' version='1.0' xml:lang='en'",
+            ns::CLIENT,
+            ns::STREAM,
+            self.stream_id,
+            crate::xml::element::escape(&server.config.domain),
+        );
+        if let Some(to) = to.filter(|t| jid::Jid::new(t).is_ok()) {
+            h.push_str(&format!(" to='{}'", crate::xml::element::escape(to)));
+        }
+        h.push('>');
+        self.out.extend_from_slice(h.as_bytes());
+        self.header_sent = true;
+    }
+
+    /// Appends an element to the output buffer (stream-level elements get the `stream:`
+    /// prefix clients expect).
+    pub fn queue(&mut self, el: &Element) {
+        if el.ns() == ns::STREAM {
+            self.out.extend_from_slice(b"<stream:");
+            self.out.extend_from_slice(el.name().as_bytes());
+            self.out.push(b'>');
+            for child in el.children() {
+                child.write_to(&mut self.out, ns::CLIENT);
+            }
+            self.out.extend_from_slice(b"</stream:");
+            self.out.extend_from_slice(el.name().as_bytes());
+            self.out.push(b'>');
+        } else {
+            el.write_to(&mut self.out, ns::CLIENT);
+        }
+    }
+
+    pub async fn send(&mut self, el: &Element) -> Result<(), C2sError> {
+        self.queue(el);
+        self.flush().await
+    }
+
+    pub async fn flush(&mut self) -> Result<(), C2sError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.out);
+        let io = self.io()?;
+        let result = tokio::time::timeout(WRITE_TIMEOUT, async {
+            io.write_all(&out).await?;
+            io.flush().await
+        })
+        .await;
+        self.out = out;
+        self.out.clear();
+        // Give back memory a burst grew, but keep a small buffer around.
+        if self.out.capacity() > 64 * 1024 {
+            self.out.shrink_to(4096);
+        }
+        match result {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(C2sError::Io(std::io::ErrorKind::TimedOut.into())),
+        }
+    }
+
+    /// Ends the stream: the stream error if any, our closing tag, and a short wait for
+    /// the peer's own closing tag before the connection goes.
+    pub async fn finish(mut self, how: C2sError) {
+        let closing = match &how {
+            C2sError::Stream(err) => {
+                tracing::info!(peer = %self.peer, "stream error: {err}");
+                Some(err.to_element())
+            }
+            C2sError::Closed => None,
+            C2sError::Io(e) => {
+                tracing::debug!(peer = %self.peer, "connection lost: {e}");
+                return;
+            }
+        };
+        if self.io.is_none() {
+            return;
+        }
+        if !self.header_sent {
+            // RFC 6120 §4.9.1.1: even an error right at the start comes after our header.
+            let domain = crate::xml::element::escape(&self.domain);
+            self.out.extend_from_slice(
+                format!(
+                    "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' version='1.0' from='{}'>",
+                    ns::CLIENT,
+                    ns::STREAM,
+                    domain
+                )
+                .as_bytes(),
+            );
+        }
+        if let Some(el) = closing {
+            self.queue(&el);
+        }
+        self.out.extend_from_slice(b"</stream:stream>");
+        if self.flush().await.is_err() {
+            return;
+        }
+        // Wait briefly for the peer to close its side, discarding what it still sends.
+        let mut scratch = [0u8; 1024];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        if let Some(io) = self.io.as_mut() {
+            let _ = io.shutdown().await;
+            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, io.read(&mut scratch)).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! Configuration: TOML, every key defaulted. `examples/starling.toml` documents each key;
+//! outside tools depend on these names, so keep them stable.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The hosted domain.
+    pub domain: String,
+    pub data_dir: PathBuf,
+    /// Bare JIDs allowed to run administrative commands.
+    pub admins: Vec<String>,
+    /// Default log filter; `RUST_LOG` overrides it.
+    pub log_level: String,
+    pub c2s: C2sConfig,
+    pub s2s: S2sConfig,
+    pub muc: MucConfig,
+    pub http: HttpConfig,
+    pub tls: TlsConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct C2sConfig {
+    /// Plain-text listeners offering STARTTLS.
+    pub listen: Vec<String>,
+    /// XEP-0368 direct TLS listeners.
+    pub direct_tls_listen: Vec<String>,
+    /// XEP-0077 in-band registration of new accounts.
+    pub allow_registration: bool,
+    /// When false, SASL (PLAIN included) is allowed on unencrypted streams.
+    pub require_encryption: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S2sConfig {
+    pub listen: Vec<String>,
+    /// Static overrides of DNS SRV: remote domain -> "host:port".
+    pub routes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MucConfig {
+    /// Defaults to "conference." + domain.
+    pub domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; with `key`. Absent: a self-signed certificate is generated
+    /// under `data_dir` on first start.
+    pub certificate: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest stanza a client may send, in bytes.
+    pub max_stanza_bytes: usize,
+    /// Deepest element nesting inside a stanza.
+    pub max_depth: usize,
+    /// Most attributes on one element.
+    pub max_attrs: usize,
+    /// Seconds a connection may take to authenticate and bind.
+    pub auth_timeout_secs: u64,
+    /// Seconds of silence after which an authenticated stream is closed
+    /// (clients send whitespace keepalives or pings well within this).
+    pub idle_timeout_secs: u64,
+    /// Simultaneous connections accepted from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Delay before answering a failed authentication attempt, in milliseconds.
+    pub auth_failure_delay_ms: u64,
+    /// Failed SASL attempts allowed on one stream before it is closed.
+    pub max_auth_attempts: u32,
+    /// Stanzas queued for one session before it is treated as a stalled reader.
+    pub session_queue: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domain: "localhost".into(),
+            data_dir: PathBuf::from("./data"),
+            admins: Vec::new(),
+            log_level: "info".into(),
+            c2s: C2sConfig::default(),
+            s2s: S2sConfig::default(),
+            muc: MucConfig::default(),
+            http: HttpConfig::default(),
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for C2sConfig {
+    fn default() -> Self {
+        C2sConfig {
+            listen: vec!["127.0.0.1:5222".into()],
+            direct_tls_listen: vec!["127.0.0.1:5223".into()],
+            allow_registration: false,
+            require_encryption: true,
+        }
+    }
+}
+
+impl Default for S2sConfig {
+    fn default() -> Self {
+        S2sConfig {
+            listen: vec!["127.0.0.1:5269".into()],
+            routes: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: vec!["127.0.0.1:5280".into()],
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_stanza_bytes: 256 * 1024,
+            max_depth: 64,
+            max_attrs: 64,
+            auth_timeout_secs: 60,
+            idle_timeout_secs: 600,
+            max_connections_per_ip: 1000,
+            auth_failure_delay_ms: 1000,
+            max_auth_attempts: 3,
+            session_queue: 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The MUC service's domain.
+    pub fn muc_domain(&self) -> String {
+        self.muc
+            .domain
+            .clone()
+            .unwrap_or_else(|| format!("conference.{}", self.domain))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let domain = jid::BareJid::new(&self.domain)
+            .map_err(|e| ConfigError::Invalid(format!("domain {:?}: {e}", self.domain)))?;
+        if domain.node().is_some() || domain.as_str() != self.domain {
+            return Err(ConfigError::Invalid(format!(
+                "domain {:?} must be a normalised domain name",
+                self.domain
+            )));
+        }
+        for admin in &self.admins {
+            jid::BareJid::new(admin)
+                .map_err(|e| ConfigError::Invalid(format!("admin {admin:?}: {e}")))?;
+        }
+        for list in [
+            &self.c2s.listen,
+            &self.c2s.direct_tls_listen,
+            &self.s2s.listen,
+            &self.http.listen,
+        ] {
+            parse_addrs(list)?;
+        }
+        for (domain, target) in &self.s2s.routes {
+            if target.parse::<SocketAddr>().is_err() && !target.contains(':') {
+                return Err(ConfigError::Invalid(format!(
+                    "s2s.routes.{domain}: {target:?} is not host:port"
+                )));
+            }
+        }
+        if self.tls.certificate.is_some() != self.tls.key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls.certificate and tls.key go together".into(),
+            ));
+        }
+        let l = &self.limits;
+        let checks = [
+            (
+                l.max_stanza_bytes >= 10 * 1024 && l.max_stanza_bytes <= 64 << 20,
+                "limits.max_stanza_bytes must be 10 KiB..64 MiB",
+            ),
+            (
+                l.max_depth >= 8 && l.max_depth <= 1024,
+                "limits.max_depth must be 8..1024",
+            ),
+            (
+                l.max_attrs >= 8 && l.max_attrs <= 1024,
+                "limits.max_attrs must be 8..1024",
+            ),
+            (l.auth_timeout_secs >= 1, "limits.auth_timeout_secs >= 1"),
+            (l.idle_timeout_secs >= 10, "limits.idle_timeout_secs >= 10"),
+            (
+                l.max_connections_per_ip >= 1,
+                "limits.max_connections_per_ip >= 1",
+            ),
+            (
+                l.auth_failure_delay_ms <= 60_000,
+                "limits.auth_failure_delay_ms <= 60000",
+            ),
+            (l.max_auth_attempts >= 1, "limits.max_auth_attempts >= 1"),
+            (l.session_queue >= 16, "limits.session_queue >= 16"),
+        ];
+        for (ok, msg) in checks {
+            if !ok {
+                return Err(ConfigError::Invalid(msg.into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn parse_addrs(list: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+    list.iter()
+        .map(|s| {
+            s.parse::<SocketAddr>()
+                .map_err(|_| ConfigError::Invalid(format!("{s:?} is not an IP:port address")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_default() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.domain, "localhost");
+        assert_eq!(c.muc_domain(), "conference.localhost");
+        assert_eq!(c.c2s.listen, vec!["127.0.0.1:5222"]);
+        assert!(c.c2s.require_encryption);
+        assert_eq!(c.limits.max_stanza_bytes, 256 * 1024);
+    }
+
+    #[test]
+    fn documented_example_parses() {
+        let text = include_str!("../examples/starling.toml");
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.domain, "localhost");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Config::parse("domain = \"a@b\"").is_err());
+        assert!(Config::parse("[c2s]\nlisten = [\"nowhere\"]").is_err());
+        assert!(Config::parse("bogus = 1").is_err());
+        assert!(Config::parse("[limits]\nmax_depth = 2").is_err());
+        assert!(Config::parse("[tls]\ncertificate = \"x.pem\"").is_err());
+    }
+}

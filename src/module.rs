@@ -1,0 +1,274 @@
+//! How features plug in. Each extension is a module that *declares* what it handles:
+//! IQ payloads by (namespace, element) and target, disco features and identities, the
+//! XEPs it implements, and hooks. The dispatcher owns the protocol plumbing: a payload
+//! that does not parse becomes `bad-request`, a namespace nobody claims becomes
+//! `service-unavailable`, and handlers just return their reply.
+
+use crate::sessions::SessionHandle;
+use crate::stanza::StanzaError;
+use crate::store::Store;
+use crate::xml::Element;
+use crate::ServerState;
+use jid::{BareJid, Jid};
+use std::collections::{BTreeSet, HashMap};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IqKind {
+    Get,
+    Set,
+}
+
+/// Who an IQ is addressed to, from the dispatcher's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IqTarget {
+    /// The server itself (`to` is the domain).
+    Server,
+    /// An account's bare JID (or no `to` at all from a client: its own account); the
+    /// server answers on the account's behalf.
+    Account,
+}
+
+pub struct IqRequest<'a> {
+    pub server: &'a ServerState,
+    /// The sender, as stamped by the server.
+    pub from: &'a Jid,
+    /// The addressee (the domain or the account's bare JID).
+    pub to: &'a Jid,
+    pub kind: IqKind,
+    /// The whole IQ, for the rare handler that needs more than the payload.
+    pub iq: &'a Element,
+}
+
+impl IqRequest<'_> {
+    /// The sender is the account addressed (a user talking to their own account).
+    pub fn from_owner(&self) -> bool {
+        self.from.to_bare().as_str() == self.to.to_bare().as_str()
+    }
+
+    pub fn from_bare(&self) -> BareJid {
+        self.from.to_bare()
+    }
+
+    pub fn from_admin(&self) -> bool {
+        let bare = self.from.to_bare();
+        self.server
+            .config
+            .admins
+            .iter()
+            .any(|a| BareJid::new(a).is_ok_and(|a| a == bare))
+    }
+}
+
+pub type IqResult = Result<Option<Element>, StanzaError>;
+
+type IqFn = Box<dyn Fn(&IqRequest<'_>, &Element) -> IqResult + Send + Sync>;
+type SessionHook = Box<dyn Fn(&ServerState, &Jid) + Send + Sync>;
+type AccountHook = Box<dyn Fn(&Store, &BareJid) + Send + Sync>;
+type DomainFn = Box<dyn Fn(&ServerState, Element) + Send + Sync>;
+/// Stores a message for an account with no available resource, or says why it cannot.
+pub type OfflineFn = Box<dyn Fn(&ServerState, &Element) -> Result<(), StanzaError> + Send + Sync>;
+/// Presence addressed to an account's bare JID (subscriptions, probes, directed presence).
+pub type PresenceToAccountFn = Box<dyn Fn(&ServerState, &BareJid, Element) + Send + Sync>;
+/// A session's broadcast presence, after the server recorded it.
+pub type PresenceBroadcastFn = Box<dyn Fn(&ServerState, &SessionHandle, &Element) + Send + Sync>;
+
+/// A XEP (or RFC) a module implements, for the catalogue in `xep/` and disco.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    pub number: &'static str,
+    pub version: &'static str,
+    pub name: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Identity {
+    pub category: &'static str,
+    pub kind: &'static str,
+    pub name: &'static str,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    /// target -> namespace -> element name -> handler. Nested so lookups borrow `&str`.
+    iqs: HashMap<IqTarget, HashMap<&'static str, HashMap<&'static str, IqFn>>>,
+    server_features: BTreeSet<&'static str>,
+    account_features: BTreeSet<&'static str>,
+    identities: BTreeSet<Identity>,
+    specs: Vec<Spec>,
+    session_end: Vec<SessionHook>,
+    account_removed: Vec<AccountHook>,
+    domains: HashMap<String, DomainFn>,
+    offline: Option<OfflineFn>,
+    presence_to_account: Option<PresenceToAccountFn>,
+    presence_broadcast: Option<PresenceBroadcastFn>,
+}
+
+impl Registry {
+    /// Registers an IQ handler for payload `<name xmlns=ns>` sent to `target`. The
+    /// payload is parsed into `P` first; a parse failure is answered with the error the
+    /// parser returns (normally `bad-request`).
+    pub fn iq<P, F>(&mut self, target: IqTarget, ns: &'static str, name: &'static str, f: F)
+    where
+        P: for<'e> TryFrom<&'e Element, Error = StanzaError>,
+        F: Fn(&IqRequest<'_>, P) -> IqResult + Send + Sync + 'static,
+    {
+        let previous = self
+            .iqs
+            .entry(target)
+            .or_default()
+            .entry(ns)
+            .or_default()
+            .insert(
+                name,
+                Box::new(move |req, payload| f(req, P::try_from(payload)?)),
+            );
+        debug_assert!(previous.is_none(), "two handlers for {ns} {name}");
+    }
+
+    /// A feature advertised in disco#info on the server.
+    pub fn server_feature(&mut self, var: &'static str) {
+        self.server_features.insert(var);
+    }
+
+    /// A feature advertised in disco#info on every account's bare JID.
+    pub fn account_feature(&mut self, var: &'static str) {
+        self.account_features.insert(var);
+    }
+
+    pub fn identity(&mut self, category: &'static str, kind: &'static str, name: &'static str) {
+        self.identities.insert(Identity {
+            category,
+            kind,
+            name,
+        });
+    }
+
+    pub fn spec(&mut self, number: &'static str, version: &'static str, name: &'static str) {
+        self.specs.push(Spec {
+            number,
+            version,
+            name,
+        });
+    }
+
+    /// Called after a session has ended (with the session's full JID).
+    pub fn on_session_end(&mut self, f: impl Fn(&ServerState, &Jid) + Send + Sync + 'static) {
+        self.session_end.push(Box::new(f));
+    }
+
+    /// Called after an account was deleted, so modules remove what they stored for it.
+    /// It gets only the store: accounts are also deleted by the CLI with no server running.
+    pub fn on_account_removed(&mut self, f: impl Fn(&Store, &BareJid) + Send + Sync + 'static) {
+        self.account_removed.push(Box::new(f));
+    }
+
+    /// A local service (MUC, a component) takes every stanza addressed to `domain`.
+    pub fn domain(
+        &mut self,
+        domain: impl Into<String>,
+        f: impl Fn(&ServerState, Element) + Send + Sync + 'static,
+    ) {
+        self.domains.insert(domain.into(), Box::new(f));
+    }
+
+    pub fn set_offline(
+        &mut self,
+        f: impl Fn(&ServerState, &Element) -> Result<(), StanzaError> + Send + Sync + 'static,
+    ) {
+        self.offline = Some(Box::new(f));
+    }
+
+    pub fn set_presence_to_account(
+        &mut self,
+        f: impl Fn(&ServerState, &BareJid, Element) + Send + Sync + 'static,
+    ) {
+        self.presence_to_account = Some(Box::new(f));
+    }
+
+    pub fn set_presence_broadcast(
+        &mut self,
+        f: impl Fn(&ServerState, &SessionHandle, &Element) + Send + Sync + 'static,
+    ) {
+        self.presence_broadcast = Some(Box::new(f));
+    }
+
+    pub fn has_domain(&self, domain: &str) -> bool {
+        self.domains.contains_key(domain)
+    }
+
+    /// Domains served by local services, for disco#items on the server.
+    pub fn service_domains(&self) -> impl Iterator<Item = &str> {
+        self.domains.keys().map(String::as_str)
+    }
+
+    pub(crate) fn deliver_to_domain(&self, server: &ServerState, domain: &str, stanza: Element) {
+        if let Some(f) = self.domains.get(domain) {
+            f(server, stanza);
+        }
+    }
+
+    pub(crate) fn offline_hook(&self) -> Option<&OfflineFn> {
+        self.offline.as_ref()
+    }
+
+    pub(crate) fn presence_to_account_hook(&self) -> Option<&PresenceToAccountFn> {
+        self.presence_to_account.as_ref()
+    }
+
+    pub(crate) fn presence_broadcast_hook(&self) -> Option<&PresenceBroadcastFn> {
+        self.presence_broadcast.as_ref()
+    }
+
+    pub fn server_features(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.server_features.iter().copied()
+    }
+
+    pub fn account_features(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.account_features.iter().copied()
+    }
+
+    pub fn identities(&self) -> impl Iterator<Item = &Identity> {
+        self.identities.iter()
+    }
+
+    pub fn specs(&self) -> &[Spec] {
+        &self.specs
+    }
+
+    /// Runs the handler for an IQ get/set; `None` when nobody handles this payload.
+    pub fn dispatch_iq(
+        &self,
+        target: IqTarget,
+        req: &IqRequest<'_>,
+        payload: &Element,
+    ) -> Option<IqResult> {
+        let handler = self
+            .iqs
+            .get(&target)?
+            .get(payload.ns())?
+            .get(payload.name())?;
+        Some(handler(req, payload))
+    }
+
+    pub(crate) fn run_session_end(&self, server: &ServerState, jid: &Jid) {
+        for hook in &self.session_end {
+            hook(server, jid);
+        }
+    }
+
+    pub(crate) fn run_account_removed(&self, store: &Store, jid: &BareJid) {
+        for hook in &self.account_removed {
+            hook(store, jid);
+        }
+    }
+}
+
+/// A payload with nothing to parse (ping, version query...): accepts any element.
+pub struct Empty;
+
+impl TryFrom<&Element> for Empty {
+    type Error = StanzaError;
+    fn try_from(_: &Element) -> Result<Self, StanzaError> {
+        Ok(Empty)
+    }
+}

@@ -1,0 +1,20 @@
+//! Server services: each file is one XEP (or RFC feature), registered here.
+
+pub mod disco;
+pub mod ping;
+pub mod register;
+pub mod session;
+pub mod version;
+
+use crate::module::Registry;
+use crate::Config;
+
+/// Every built-in module, in one list.
+pub fn register_all(reg: &mut Registry, config: &Config) {
+    reg.spec("RFC 6120", "core", "XMPP Core");
+    disco::register(reg, config);
+    ping::register(reg);
+    version::register(reg);
+    session::register(reg);
+    register::register(reg, config);
+}

@@ -1,0 +1,270 @@
+//! Who is online: bare JID -> resources, each with its presence state and queue handle.
+//!
+//! This is one of the two scale-out seams (DESIGN.md): the router asks it where a JID
+//! lives. The map is sharded so that logins on different users do not contend, and no
+//! lock is ever held across an `.await` (every method here is synchronous).
+
+use crate::stanza::StreamError;
+use crate::xml::Element;
+use jid::{BareJid, FullJid};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use tokio::sync::mpsc;
+
+const SHARDS: usize = 64;
+
+/// What a session's connection task receives from the rest of the server.
+#[derive(Debug)]
+pub enum Outbound {
+    Stanza(Element),
+}
+
+/// Out-of-band orders for a session (rare, so their channel is unbounded).
+#[derive(Debug)]
+pub enum Control {
+    /// Close the stream with this error (conflict, policy-violation, system-shutdown...).
+    Close(StreamError),
+}
+
+#[derive(Clone, Debug)]
+pub struct SessionHandle {
+    pub id: u64,
+    pub jid: FullJid,
+    tx: mpsc::Sender<Outbound>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+/// Why a stanza could not be handed to a session.
+#[derive(Debug)]
+pub enum SendError {
+    /// The session is gone; the stanza comes back to the caller.
+    Gone(Element),
+    /// The session's queue is full (a stalled reader); the stanza comes back.
+    Full(Element),
+}
+
+impl SessionHandle {
+    pub fn send(&self, stanza: Element) -> Result<(), SendError> {
+        match self.tx.try_send(Outbound::Stanza(stanza)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(Outbound::Stanza(s))) => {
+                // A reader this far behind will not catch up: close it, and let the
+                // caller store or bounce what did not fit.
+                let _ = self.control.send(Control::Close(
+                    StreamError::new("policy-violation").with_text("too slow reading"),
+                ));
+                Err(SendError::Full(s))
+            }
+            Err(mpsc::error::TrySendError::Closed(Outbound::Stanza(s))) => Err(SendError::Gone(s)),
+        }
+    }
+
+    pub fn close(&self, err: StreamError) {
+        let _ = self.control.send(Control::Close(err));
+    }
+}
+
+/// One bound resource as the router sees it.
+#[derive(Clone, Debug)]
+pub struct Resource {
+    pub handle: SessionHandle,
+    /// Has sent available presence (and not unavailable since).
+    pub available: bool,
+    pub priority: i8,
+    /// The last available presence broadcast by this resource (for probes).
+    pub presence: Option<Element>,
+}
+
+impl Resource {
+    pub fn resource(&self) -> &str {
+        self.handle.jid.resource().as_str()
+    }
+}
+
+/// The receiving ends a new session's task owns.
+pub struct SessionChannels {
+    pub rx: mpsc::Receiver<Outbound>,
+    pub control: mpsc::UnboundedReceiver<Control>,
+}
+
+pub struct Sessions {
+    shards: Vec<Mutex<HashMap<BareJid, Vec<Resource>>>>,
+    next_id: AtomicU64,
+    queue: usize,
+}
+
+impl Sessions {
+    pub fn new(queue: usize) -> Sessions {
+        Sessions {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            next_id: AtomicU64::new(1),
+            queue,
+        }
+    }
+
+    fn shard(&self, bare: &BareJid) -> MutexGuard<'_, HashMap<BareJid, Vec<Resource>>> {
+        let mut h = DefaultHasher::new();
+        bare.hash(&mut h);
+        let shard = &self.shards[(h.finish() as usize) % SHARDS];
+        // A panic while holding a shard lock cannot leave a map half-updated (every
+        // update is a single push/remove/field write), so a poisoned lock is still usable.
+        shard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a bound resource. An existing session with the same full JID is told to
+    /// close with `<conflict/>` (RFC 6120 §7.7.2.2: the newer session wins).
+    pub fn bind(&self, jid: FullJid) -> (SessionHandle, SessionChannels) {
+        let (tx, rx) = mpsc::channel(self.queue);
+        let (ctx, crx) = mpsc::unbounded_channel();
+        let handle = SessionHandle {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            jid: jid.clone(),
+            tx,
+            control: ctx,
+        };
+        let bare = jid.to_bare();
+        let mut shard = self.shard(&bare);
+        let list = shard.entry(bare).or_default();
+        if let Some(pos) = list.iter().position(|r| r.handle.jid == jid) {
+            let old = list.remove(pos);
+            old.handle
+                .close(StreamError::new("conflict").with_text("replaced by a new connection"));
+        }
+        list.push(Resource {
+            handle: handle.clone(),
+            available: false,
+            priority: 0,
+            presence: None,
+        });
+        (handle, SessionChannels { rx, control: crx })
+    }
+
+    /// Removes a session (only if it is still the one registered under its JID).
+    pub fn unbind(&self, handle: &SessionHandle) -> Option<Resource> {
+        let bare = handle.jid.to_bare();
+        let mut shard = self.shard(&bare);
+        let list = shard.get_mut(&bare)?;
+        let pos = list.iter().position(|r| r.handle.id == handle.id)?;
+        let removed = list.remove(pos);
+        if list.is_empty() {
+            shard.remove(&bare);
+        }
+        Some(removed)
+    }
+
+    /// Records a presence change; returns whether the resource was available before.
+    pub fn set_presence(&self, handle: &SessionHandle, presence: Option<&Element>) -> bool {
+        let bare = handle.jid.to_bare();
+        let mut shard = self.shard(&bare);
+        let Some(res) = shard
+            .get_mut(&bare)
+            .and_then(|l| l.iter_mut().find(|r| r.handle.id == handle.id))
+        else {
+            return false;
+        };
+        let was = res.available;
+        match presence {
+            Some(p) => {
+                res.available = true;
+                res.priority = p
+                    .child_text("priority", crate::ns::CLIENT)
+                    .and_then(|t| t.trim().parse::<i8>().ok())
+                    .unwrap_or(0);
+                res.presence = Some(p.clone());
+            }
+            None => {
+                res.available = false;
+                res.presence = None;
+            }
+        }
+        was
+    }
+
+    pub fn resources(&self, bare: &BareJid) -> Vec<Resource> {
+        self.shard(bare).get(bare).cloned().unwrap_or_default()
+    }
+
+    pub fn get(&self, full: &FullJid) -> Option<Resource> {
+        let bare = full.to_bare();
+        self.shard(&bare)
+            .get(&bare)
+            .and_then(|l| l.iter().find(|r| &r.handle.jid == full).cloned())
+    }
+
+    pub fn is_online(&self, bare: &BareJid) -> bool {
+        self.shard(bare).contains_key(bare)
+    }
+
+    /// Every online session (administration, shutdown).
+    pub fn all(&self) -> Vec<SessionHandle> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for list in shard.values() {
+                out.extend(list.iter().map(|r| r.handle.clone()));
+            }
+        }
+        out
+    }
+
+    pub fn count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .map(Vec::len)
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// Closes every session of one account (password change, deletion, disabling).
+    pub fn close_account(&self, bare: &BareJid, err: StreamError) -> usize {
+        let list = self.resources(bare);
+        for r in &list {
+            r.handle.close(err.clone());
+        }
+        list.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_replaces_same_resource_with_conflict() {
+        let s = Sessions::new(16);
+        let jid = FullJid::new("a@x/r").unwrap();
+        let (h1, mut c1) = s.bind(jid.clone());
+        let (h2, _c2) = s.bind(jid.clone());
+        assert_ne!(h1.id, h2.id);
+        match c1.control.try_recv() {
+            Ok(Control::Close(e)) => assert_eq!(e.condition, "conflict"),
+            other => panic!("expected conflict, got {other:?}"),
+        }
+        assert_eq!(s.count(), 1);
+        // The old session's cleanup must not remove the new one.
+        assert!(s.unbind(&h1).is_none());
+        assert!(s.get(&jid).is_some());
+        assert!(s.unbind(&h2).is_some());
+        assert_eq!(s.count(), 0);
+    }
+
+    #[test]
+    fn full_queue_closes_the_stalled_session() {
+        let s = Sessions::new(16);
+        let (h, mut c) = s.bind(FullJid::new("a@x/r").unwrap());
+        let el = Element::new("message", crate::ns::CLIENT);
+        for _ in 0..16 {
+            h.send(el.clone()).unwrap();
+        }
+        assert!(matches!(h.send(el), Err(SendError::Full(_))));
+        assert!(matches!(c.control.try_recv(), Ok(Control::Close(_))));
+    }
+}

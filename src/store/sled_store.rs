@@ -1,0 +1,218 @@
+//! The embedded sled backend.
+
+use super::{now_secs, Account, StoreError, SCHEMA_VERSION};
+use crate::sasl::Credentials;
+use serde::{de::DeserializeOwned, Serialize};
+use std::path::Path;
+
+/// Cheap to clone: every clone shares the same database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    accounts: sled::Tree,
+}
+
+const META_SCHEMA: &[u8] = b"schema_version";
+
+impl Store {
+    /// Opens (creating if needed) the store under `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let db = match sled::Config::new().path(dir.join("db")).open() {
+            Ok(db) => db,
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(StoreError::Locked)
+            }
+            Err(sled::Error::Io(e)) if e.to_string().contains("lock") => {
+                return Err(StoreError::Locked)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let found = match db.get(META_SCHEMA)? {
+            Some(v) => decode_u32(&v).ok_or(StoreError::Corrupt {
+                tree: "meta",
+                detail: "schema version".into(),
+            })?,
+            None => {
+                db.insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+                SCHEMA_VERSION
+            }
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let accounts = db.open_tree("accounts")?;
+        Ok(Store { db, accounts })
+    }
+
+    /// A store in a fresh temporary directory (tests).
+    pub fn temporary() -> Result<Store, StoreError> {
+        let db = sled::Config::new().temporary(true).open()?;
+        let accounts = db.open_tree("accounts")?;
+        Ok(Store { db, accounts })
+    }
+
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(self
+            .db
+            .get(META_SCHEMA)?
+            .and_then(|v| decode_u32(&v))
+            .unwrap_or(SCHEMA_VERSION))
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    // --- accounts, keyed by normalised bare JID ---
+
+    pub fn create_account(&self, jid: &str, credentials: Credentials) -> Result<(), StoreError> {
+        let account = Account {
+            credentials,
+            disabled: false,
+            created: now_secs(),
+            last_login: None,
+            last_logout: None,
+        };
+        let value = encode(&account)?;
+        match self
+            .accounts
+            .compare_and_swap(jid.as_bytes(), None as Option<&[u8]>, Some(value))?
+        {
+            Ok(()) => {
+                self.accounts.flush()?;
+                Ok(())
+            }
+            Err(_) => Err(StoreError::AccountExists),
+        }
+    }
+
+    pub fn account(&self, jid: &str) -> Result<Option<Account>, StoreError> {
+        match self.accounts.get(jid.as_bytes())? {
+            Some(v) => Ok(Some(decode("accounts", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies `f` to an account atomically (retrying on concurrent change).
+    pub fn update_account(
+        &self,
+        jid: &str,
+        mut f: impl FnMut(&mut Account),
+    ) -> Result<Account, StoreError> {
+        loop {
+            let old = self
+                .accounts
+                .get(jid.as_bytes())?
+                .ok_or(StoreError::NoSuchAccount)?;
+            let mut account: Account = decode("accounts", &old)?;
+            f(&mut account);
+            let new = encode(&account)?;
+            if self
+                .accounts
+                .compare_and_swap(jid.as_bytes(), Some(old), Some(new))?
+                .is_ok()
+            {
+                self.accounts.flush()?;
+                return Ok(account);
+            }
+        }
+    }
+
+    pub fn set_credentials(&self, jid: &str, credentials: Credentials) -> Result<(), StoreError> {
+        self.update_account(jid, |a| a.credentials = credentials.clone())
+            .map(|_| ())
+    }
+
+    pub fn set_disabled(&self, jid: &str, disabled: bool) -> Result<(), StoreError> {
+        self.update_account(jid, |a| a.disabled = disabled)
+            .map(|_| ())
+    }
+
+    /// Removes the account record. Modules owning per-user data remove theirs through
+    /// the account-removal hook.
+    pub fn delete_account(&self, jid: &str) -> Result<(), StoreError> {
+        match self.accounts.remove(jid.as_bytes())? {
+            Some(_) => {
+                self.accounts.flush()?;
+                Ok(())
+            }
+            None => Err(StoreError::NoSuchAccount),
+        }
+    }
+
+    /// Every account's bare JID, sorted.
+    pub fn account_jids(&self) -> Result<Vec<String>, StoreError> {
+        self.accounts
+            .iter()
+            .keys()
+            .map(|k| {
+                let k = k?;
+                String::from_utf8(k.to_vec()).map_err(|_| StoreError::Corrupt {
+                    tree: "accounts",
+                    detail: "non-UTF-8 key".into(),
+                })
+            })
+            .collect()
+    }
+
+    pub fn account_count(&self) -> usize {
+        self.accounts.len()
+    }
+}
+
+fn decode_u32(v: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(v.try_into().ok()?))
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+        tree: "encode",
+        detail: e.to_string(),
+    })
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(tree: &'static str, v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+        tree,
+        detail: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_lifecycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let creds = Credentials::derive("secret", 4096).unwrap();
+        store
+            .create_account("alice@localhost", creds.clone())
+            .unwrap();
+        assert!(matches!(
+            store.create_account("alice@localhost", creds.clone()),
+            Err(StoreError::AccountExists)
+        ));
+        store.set_disabled("alice@localhost", true).unwrap();
+        let a = store.account("alice@localhost").unwrap().unwrap();
+        assert!(a.disabled);
+        assert_eq!(a.credentials, creds);
+        assert_eq!(store.account_jids().unwrap(), vec!["alice@localhost"]);
+        store.delete_account("alice@localhost").unwrap();
+        assert!(store.account("alice@localhost").unwrap().is_none());
+        assert!(matches!(
+            store.delete_account("alice@localhost"),
+            Err(StoreError::NoSuchAccount)
+        ));
+        drop(store);
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(reopened.schema_version().unwrap(), SCHEMA_VERSION);
+    }
+}
