@@ -40,6 +40,10 @@ const NS_XMLNS: &str = "http://www.w3.org/2000/xmlns/";
 const MAX_DECL_CHARS: usize = 256;
 /// Longest reference we bother to collect (`&#x0010FFFF;` fits comfortably).
 const MAX_REF_CHARS: usize = 32;
+/// Most namespace bindings in scope at once. Lookups scan the scope, and depth × attrs
+/// alone would allow thousands of bindings and a quadratic amount of work per stanza;
+/// real stanzas have a handful.
+const MAX_SCOPE_BINDINGS: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -760,6 +764,9 @@ impl StreamReader {
                 plain.push((k, v));
             }
         }
+        if self.scope.len() > MAX_SCOPE_BINDINGS {
+            return Err(policy("too many namespace declarations in scope"));
+        }
         let (prefix, local) = split_qname(&qname)?;
         let ns = match prefix {
             Some(p) => self.resolve_prefix(p)?,
@@ -1360,6 +1367,45 @@ mod tests {
         assert!(stanza(&format!("<m{}/>", attrs(max))).is_ok());
         let err = stanza(&format!("<m{}/>", attrs(max + 1))).unwrap_err();
         assert!(matches!(err, XmlError::PolicyViolation(_)));
+    }
+
+    #[test]
+    fn namespace_declarations_in_scope_are_bounded() {
+        let level = |i: usize| {
+            let decls: String = (0..32).map(|j| format!(" xmlns:p{j}='u{i}'")).collect();
+            format!("<a{decls}>")
+        };
+        // The header already binds two namespaces.
+        let ok: String = (0..7).map(level).collect();
+        let (events, err) = one_shot(&format!("{HEADER}{ok}"));
+        assert_eq!((events.len(), err), (1, None));
+        let deep: String = (0..9).map(level).collect();
+        assert!(matches!(
+            error_of(&format!("{HEADER}{deep}")),
+            XmlError::PolicyViolation(_)
+        ));
+    }
+
+    #[test]
+    fn utf8_byte_order_mark_is_tolerated() {
+        let (events, err) = one_shot(&format!("\u{FEFF}{HEADER}"));
+        assert_eq!((events.len(), err), (1, None));
+        let err = error_of(&format!("{HEADER}\u{FEFF}"));
+        assert!(matches!(err, XmlError::BadFormat(_)));
+    }
+
+    #[test]
+    fn buffered_counts_the_partial_stanza() {
+        let mut r = StreamReader::new(Limits::default());
+        r.feed(HEADER.as_bytes());
+        assert!(matches!(r.next_event(), Ok(Some(StreamEvent::Open(_)))));
+        assert_eq!(r.buffered(), 0);
+        r.feed(b"  <message><body>12345");
+        assert_eq!(r.next_event(), Ok(None));
+        assert_eq!(r.buffered(), "<message><body>12345".len());
+        r.feed(b"</body></message>");
+        assert!(matches!(r.next_event(), Ok(Some(StreamEvent::Element(_)))));
+        assert_eq!(r.buffered(), 0);
     }
 
     #[test]
