@@ -1,3 +1,4 @@
 //! Starling, an XMPP server.
 
+pub mod sasl;
 pub mod xml;
