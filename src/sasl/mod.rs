@@ -193,7 +193,9 @@ pub enum Lookup {
 /// Channel-binding data the TLS layer can provide for this connection.
 #[derive(Clone, Debug, Default)]
 pub struct ChannelBindings {
-    /// RFC 9266: the 32-byte TLS exporter value for label "EXPORTER-Channel-Binding".
+    /// RFC 9266: the 32-byte TLS exporter value for the label "EXPORTER-Channel-Binding" with
+    /// no context. Leave it `None` on TLS 1.2 connections without the extended master secret
+    /// (RFC 9266 §3).
     pub tls_exporter: Option<Vec<u8>>,
     /// RFC 5929: the hash of the server's certificate.
     pub tls_server_end_point: Option<Vec<u8>>,

@@ -637,6 +637,49 @@ fn client_final_must_echo_binding_and_nonce() {
 }
 
 #[test]
+fn server_nonce_is_fresh_and_lookup_happens_once() {
+    let mut nonces = Vec::new();
+    for _ in 0..2 {
+        let mut client = crate_client(
+            "SCRAM-SHA-256",
+            "alice",
+            ALICE_PASSWORD,
+            ChannelBinding::None,
+        );
+        let initial = client.initial();
+        let client_nonce = std::str::from_utf8(&initial)
+            .unwrap()
+            .rsplit_once(",r=")
+            .unwrap()
+            .1
+            .to_owned();
+        let mut session = start("SCRAM-SHA-256", &ChannelBindings::default(), false);
+        let mut calls = 0;
+        let mut lookup = |user: &str| {
+            calls += 1;
+            store(user)
+        };
+        let first = challenge(session.step(&initial, &mut lookup));
+        let first = String::from_utf8(first).unwrap();
+        let nonce = first
+            .split(',')
+            .next()
+            .unwrap()
+            .strip_prefix("r=")
+            .unwrap()
+            .to_owned();
+        let suffix = nonce.strip_prefix(&client_nonce).unwrap();
+        // 24 random bytes, base64: at least the 18 bytes asked for.
+        assert_eq!(BASE64.decode(suffix).unwrap().len(), 24);
+        let last = client.response(first.as_bytes()).unwrap();
+        assert_success(session.step(&last, &mut lookup));
+        assert_eq!(calls, 1);
+        nonces.push(suffix.to_owned());
+    }
+    assert_ne!(nonces[0], nonces[1]);
+}
+
+#[test]
 fn unknown_user_gets_a_plausible_server_first() {
     let shape = |user: &str| {
         let client = TestClient::new(HashAlg::Sha256, "n,,", &[], user, "whatever");
