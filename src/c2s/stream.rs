@@ -13,8 +13,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const READ_CHUNK: usize = 4096;
-/// A peer that does not drain its socket for this long is gone as far as we care.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +43,8 @@ pub struct Conn {
     header_sent: bool,
     stream_id: u64,
     domain: String,
+    /// A peer that does not drain its socket for this long is gone as far as we care.
+    write_timeout: Duration,
 }
 
 impl Conn {
@@ -64,6 +64,7 @@ impl Conn {
             header_sent: false,
             stream_id: 0,
             domain: server.config.domain.clone(),
+            write_timeout: Duration::from_secs(l.write_timeout_secs),
         }
     }
 
@@ -212,7 +213,7 @@ impl Conn {
         }
         let io = self.io.as_mut().ok_or(C2sError::Closed)?;
         let out = &self.out;
-        let result = tokio::time::timeout(WRITE_TIMEOUT, async {
+        let result = tokio::time::timeout(self.write_timeout, async {
             io.write_all(out).await?;
             io.flush().await
         })
