@@ -36,8 +36,10 @@ impl TestServer {
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::default();
-        config.data_dir = dir.path().to_owned();
+        let mut config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
         config.c2s.listen = vec!["127.0.0.1:0".into()];
         config.c2s.direct_tls_listen = vec!["127.0.0.1:0".into()];
         config.s2s.listen = vec![];
