@@ -18,6 +18,9 @@ use crate::Config;
 /// Every built-in module, in one list.
 pub fn register_all(reg: &mut Registry, config: &Config) {
     reg.spec("RFC 6120", "core", "XMPP Core");
+    // Stream-level features implemented in c2s rather than by a module of their own.
+    reg.spec("0368", "1.1.0", "SRV records for XMPP over TLS");
+    reg.spec("0440", "0.4.1", "SASL Channel-Binding Type Capability");
     disco::register(reg, config);
     ping::register(reg);
     version::register(reg);
