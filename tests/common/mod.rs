@@ -291,6 +291,9 @@ impl Client {
 
     /// Opens a stream; returns the features.
     pub async fn open(&mut self) -> Element {
+        // Every header starts a new XML document (after STARTTLS and after SASL), and
+        // the server begins it with an XML declaration.
+        self.reader.reset();
         self.send("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>").await;
         match self.next().await {
             Got::Header(_) => {}
