@@ -118,10 +118,11 @@ impl Conn {
 
     /// Reads once from the socket into the parser.
     pub async fn read_some(&mut self) -> Result<(), C2sError> {
-        let mut rbuf = std::mem::take(&mut self.rbuf);
-        let n = self.io()?.read(&mut rbuf).await;
-        self.rbuf = rbuf;
-        let n = n?;
+        // Borrow the buffer in place: this future is cancelled whenever the session
+        // loop's select! picks another branch, and a buffer moved out of `self` would be
+        // lost with it (the next read into an empty buffer returns 0, i.e. "closed").
+        let io = self.io.as_mut().ok_or(C2sError::Closed)?;
+        let n = io.read(&mut self.rbuf).await?;
         if n == 0 {
             return Err(C2sError::Closed);
         }
