@@ -23,7 +23,10 @@ async fn roster_add_update_remove_with_pushes_to_all_interested_resources() {
     assert_eq!(item2.attr("name"), Some("Bob"));
 
     let r = a1
-        .iq("<iq type='get' id='g'><query xmlns='jabber:iq:roster'/></iq>", "g")
+        .iq(
+            "<iq type='get' id='g'><query xmlns='jabber:iq:roster'/></iq>",
+            "g",
+        )
         .await;
     let q = r.child("query", ROSTER).unwrap();
     assert_eq!(q.children().count(), 1);
@@ -44,24 +47,44 @@ async fn roster_bad_input_gets_the_rfc_errors() {
     let s = server(&["alice"]).await;
     let mut a = online(&s, "alice", "r").await;
     let cases = [
-        ("<item jid='a@localhost'/><item jid='b@localhost'/>", "bad-request"),
+        (
+            "<item jid='a@localhost'/><item jid='b@localhost'/>",
+            "bad-request",
+        ),
         ("<item jid='a@@localhost'/>", "jid-malformed"),
-        ("<item jid='b@localhost'><group></group></item>", "not-acceptable"),
-        ("<item jid='b@localhost'><group>x</group><group>x</group></item>", "bad-request"),
+        (
+            "<item jid='b@localhost'><group></group></item>",
+            "not-acceptable",
+        ),
+        (
+            "<item jid='b@localhost'><group>x</group><group>x</group></item>",
+            "bad-request",
+        ),
         ("", "bad-request"),
     ];
     for (i, (items, cond)) in cases.iter().enumerate() {
         let id = format!("bad{i}");
         let r = a
-            .iq(&format!("<iq type='set' id='{id}'><query xmlns='jabber:iq:roster'>{items}</query></iq>"), &id)
+            .iq(
+                &format!(
+                    "<iq type='set' id='{id}'><query xmlns='jabber:iq:roster'>{items}</query></iq>"
+                ),
+                &id,
+            )
             .await;
         assert_eq!(stanza_error(&r).as_deref(), Some(*cond), "{items}: {r}");
     }
     // Reading someone else's roster.
-    let r = a.iq("<iq type='get' id='other' to='bob@localhost'><query xmlns='jabber:iq:roster'/></iq>", "other").await;
+    let r = a
+        .iq(
+            "<iq type='get' id='other' to='bob@localhost'><query xmlns='jabber:iq:roster'/></iq>",
+            "other",
+        )
+        .await;
     assert_eq!(r.attr("type"), Some("error"));
     // Presence of an unknown type.
-    a.send("<presence type='bogus' to='bob@localhost' id='p1'/>").await;
+    a.send("<presence type='bogus' to='bob@localhost' id='p1'/>")
+        .await;
     let e = a.wait_for(|e| e.attr("id") == Some("p1")).await;
     assert_eq!(stanza_error(&e).as_deref(), Some("bad-request"));
     s.stop().await;
@@ -87,18 +110,36 @@ async fn roster_size_limit_is_not_allowed() {
 async fn roster_versioning_empty_result_pushes_or_full_roster() {
     let s = server(&["alice"]).await;
     let mut a = online(&s, "alice", "r").await;
-    let r = a.iq("<iq type='get' id='v0'><query xmlns='jabber:iq:roster' ver=''/></iq>", "v0").await;
-    let v0 = r.child("query", ROSTER).unwrap().attr("ver").unwrap().to_string();
+    let r = a
+        .iq(
+            "<iq type='get' id='v0'><query xmlns='jabber:iq:roster' ver=''/></iq>",
+            "v0",
+        )
+        .await;
+    let v0 = r
+        .child("query", ROSTER)
+        .unwrap()
+        .attr("ver")
+        .unwrap()
+        .to_string();
     for (i, who) in ["b", "c"].iter().enumerate() {
         let id = format!("add{i}");
         a.iq(&format!("<iq type='set' id='{id}'><query xmlns='jabber:iq:roster'><item jid='{who}@localhost'/></query></iq>"), &id).await;
     }
     // Up to date: empty result.
-    let r = a.iq("<iq type='get' id='cur'><query xmlns='jabber:iq:roster' ver='2'/></iq>", "cur").await;
+    let r = a
+        .iq(
+            "<iq type='get' id='cur'><query xmlns='jabber:iq:roster' ver='2'/></iq>",
+            "cur",
+        )
+        .await;
     assert_eq!(r.attr("type"), Some("result"));
     assert!(r.child("query", ROSTER).is_none());
     // Missed additions only: pushes then an empty result.
-    a.send(&format!("<iq type='get' id='old'><query xmlns='jabber:iq:roster' ver='{v0}'/></iq>")).await;
+    a.send(&format!(
+        "<iq type='get' id='old'><query xmlns='jabber:iq:roster' ver='{v0}'/></iq>"
+    ))
+    .await;
     let mut pushed = Vec::new();
     loop {
         let e = a.el().await;
@@ -113,7 +154,12 @@ async fn roster_versioning_empty_result_pushes_or_full_roster() {
     assert_eq!(pushed, vec!["b@localhost", "c@localhost"]);
     // After a removal an old version gets the whole roster.
     a.iq("<iq type='set' id='rm'><query xmlns='jabber:iq:roster'><item jid='b@localhost' subscription='remove'/></query></iq>", "rm").await;
-    let r = a.iq("<iq type='get' id='full'><query xmlns='jabber:iq:roster' ver='1'/></iq>", "full").await;
+    let r = a
+        .iq(
+            "<iq type='get' id='full'><query xmlns='jabber:iq:roster' ver='1'/></iq>",
+            "full",
+        )
+        .await;
     let q = r.child("query", ROSTER).expect("full roster");
     assert_eq!(q.attr("ver"), Some("3"));
     assert_eq!(q.children().count(), 1);
@@ -129,11 +175,21 @@ async fn subscription_handshake_both_ways_and_presence() {
     a.send("<presence type='subscribe' to='bob@localhost/work' id='sub1'><status>hi</status></presence>").await;
     let item = push_for(&mut a, "bob@localhost").await;
     assert_eq!(attrs(&item), (Some("none"), Some("subscribe"), None));
-    let req = b.wait_for(|e| e.name() == "presence" && e.attr("type") == Some("subscribe")).await;
-    assert_eq!(req.attr("from"), Some("alice@localhost"), "bare JID stamped");
-    assert_eq!(req.child_text("status", starling::ns::CLIENT).as_deref(), Some("hi"));
+    let req = b
+        .wait_for(|e| e.name() == "presence" && e.attr("type") == Some("subscribe"))
+        .await;
+    assert_eq!(
+        req.attr("from"),
+        Some("alice@localhost"),
+        "bare JID stamped"
+    );
+    assert_eq!(
+        req.child_text("status", starling::ns::CLIENT).as_deref(),
+        Some("hi")
+    );
 
-    b.send("<presence type='subscribed' to='alice@localhost'/>").await;
+    b.send("<presence type='subscribed' to='alice@localhost'/>")
+        .await;
     let item = push_for(&mut b, "alice@localhost").await;
     assert_eq!(attrs(&item), (Some("from"), None, None));
     let item = push_for(&mut a, "bob@localhost").await;
@@ -143,19 +199,32 @@ async fn subscription_handshake_both_ways_and_presence() {
     presence_of(&mut a, None, "bob@localhost/work").await;
 
     // And the other way round.
-    b.send("<presence type='subscribe' to='alice@localhost'/>").await;
+    b.send("<presence type='subscribe' to='alice@localhost'/>")
+        .await;
     let item = push_for(&mut b, "alice@localhost").await;
     assert_eq!(attrs(&item), (Some("from"), Some("subscribe"), None));
     presence_of(&mut a, Some("subscribe"), "bob@localhost").await;
-    a.send("<presence type='subscribed' to='bob@localhost'/>").await;
-    assert_eq!(push_for(&mut a, "bob@localhost").await.attr("subscription"), Some("both"));
-    assert_eq!(push_for(&mut b, "alice@localhost").await.attr("subscription"), Some("both"));
+    a.send("<presence type='subscribed' to='bob@localhost'/>")
+        .await;
+    assert_eq!(
+        push_for(&mut a, "bob@localhost").await.attr("subscription"),
+        Some("both")
+    );
+    assert_eq!(
+        push_for(&mut b, "alice@localhost")
+            .await
+            .attr("subscription"),
+        Some("both")
+    );
     presence_of(&mut b, None, "alice@localhost/home").await;
 
     // A presence update reaches the contact; logout sends unavailable.
     a.send("<presence><show>away</show></presence>").await;
     let p = presence_of(&mut b, None, "alice@localhost/home").await;
-    assert_eq!(p.child_text("show", starling::ns::CLIENT).as_deref(), Some("away"));
+    assert_eq!(
+        p.child_text("show", starling::ns::CLIENT).as_deref(),
+        Some("away")
+    );
     drop(a);
     presence_of(&mut b, Some("unavailable"), "alice@localhost/home").await;
 
@@ -166,8 +235,14 @@ async fn subscription_handshake_both_ways_and_presence() {
     presence_of(&mut b, None, "alice@localhost/home").await;
 
     // Unsubscribing: alice stops seeing bob; bob's roster says "to".
-    a.send("<presence type='unsubscribe' to='bob@localhost'/>").await;
-    assert_eq!(push_for(&mut b, "alice@localhost").await.attr("subscription"), Some("to"));
+    a.send("<presence type='unsubscribe' to='bob@localhost'/>")
+        .await;
+    assert_eq!(
+        push_for(&mut b, "alice@localhost")
+            .await
+            .attr("subscription"),
+        Some("to")
+    );
     presence_of(&mut a, Some("unavailable"), "bob@localhost/work").await;
     s.stop().await;
 }
@@ -178,16 +253,27 @@ async fn senseless_subscription_stanzas_are_ignored() {
     let mut a = online(&s, "alice", "r").await;
     let mut b = online(&s, "bob", "r").await;
     // Nothing to approve or cancel: no state change, nothing delivered, no error.
-    a.send("<presence type='unsubscribed' to='bob@localhost'/>").await;
-    a.send("<presence type='unsubscribe' to='bob@localhost'/>").await;
+    a.send("<presence type='unsubscribed' to='bob@localhost'/>")
+        .await;
+    a.send("<presence type='unsubscribe' to='bob@localhost'/>")
+        .await;
     let seen = drain(&mut b).await;
     assert!(
-        seen.iter().all(|e| e.name() != "presence" || e.attr("type") == Some("unsubscribe")),
+        seen.iter()
+            .all(|e| e.name() != "presence" || e.attr("type") == Some("unsubscribe")),
         "{seen:?}"
     );
     let seen = drain(&mut a).await;
-    assert!(seen.iter().all(|e| e.attr("type") != Some("error")), "{seen:?}");
-    let r = a.iq("<iq type='get' id='g'><query xmlns='jabber:iq:roster'/></iq>", "g").await;
+    assert!(
+        seen.iter().all(|e| e.attr("type") != Some("error")),
+        "{seen:?}"
+    );
+    let r = a
+        .iq(
+            "<iq type='get' id='g'><query xmlns='jabber:iq:roster'/></iq>",
+            "g",
+        )
+        .await;
     assert_eq!(r.child("query", ROSTER).unwrap().children().count(), 0);
     s.stop().await;
 }
@@ -196,13 +282,20 @@ async fn senseless_subscription_stanzas_are_ignored() {
 async fn pre_approval_answers_the_request_automatically() {
     let s = server(&["alice", "carol"]).await;
     let mut a = online(&s, "alice", "r").await;
-    a.send("<presence type='subscribed' to='carol@localhost'/>").await;
+    a.send("<presence type='subscribed' to='carol@localhost'/>")
+        .await;
     let item = push_for(&mut a, "carol@localhost").await;
     assert_eq!(attrs(&item), (Some("none"), None, Some("true")));
     let mut c = online(&s, "carol", "r").await;
-    c.send("<presence type='subscribe' to='alice@localhost'/>").await;
+    c.send("<presence type='subscribe' to='alice@localhost'/>")
+        .await;
     presence_of(&mut c, Some("subscribed"), "alice@localhost").await;
-    assert_eq!(push_for(&mut a, "carol@localhost").await.attr("subscription"), Some("from"));
+    assert_eq!(
+        push_for(&mut a, "carol@localhost")
+            .await
+            .attr("subscription"),
+        Some("from")
+    );
     presence_of(&mut c, None, "alice@localhost/r").await;
     s.stop().await;
 }
@@ -211,7 +304,8 @@ async fn pre_approval_answers_the_request_automatically() {
 async fn unanswered_request_is_resent_at_next_login() {
     let s = server(&["alice", "bob"]).await;
     let mut a = online(&s, "alice", "r").await;
-    a.send("<presence type='subscribe' to='bob@localhost'/>").await;
+    a.send("<presence type='subscribe' to='bob@localhost'/>")
+        .await;
     push_for(&mut a, "bob@localhost").await;
     for _ in 0..2 {
         let mut b = login(&s, "bob", "r").await;
@@ -226,7 +320,8 @@ async fn directed_presence_gets_unavailable_on_disconnect() {
     let s = server(&["alice", "bob"]).await;
     let mut a = online(&s, "alice", "r").await;
     let mut b = online(&s, "bob", "r").await;
-    a.send("<presence to='bob@localhost'><status>just you</status></presence>").await;
+    a.send("<presence to='bob@localhost'><status>just you</status></presence>")
+        .await;
     presence_of(&mut b, None, "alice@localhost/r").await;
     drop(a);
     presence_of(&mut b, Some("unavailable"), "alice@localhost/r").await;
@@ -238,17 +333,23 @@ async fn probe_of_offline_contact_gets_last_unavailable_with_delay() {
     let s = server(&["alice", "bob"]).await;
     let mut a = online(&s, "alice", "r").await;
     let mut b = online(&s, "bob", "r").await;
-    a.send("<presence type='subscribe' to='bob@localhost'/>").await;
+    a.send("<presence type='subscribe' to='bob@localhost'/>")
+        .await;
     presence_of(&mut b, Some("subscribe"), "alice@localhost").await;
-    b.send("<presence type='subscribed' to='alice@localhost'/>").await;
+    b.send("<presence type='subscribed' to='alice@localhost'/>")
+        .await;
     presence_of(&mut a, None, "bob@localhost/r").await;
-    b.send("<presence type='unavailable'><status>gone fishing</status></presence>").await;
+    b.send("<presence type='unavailable'><status>gone fishing</status></presence>")
+        .await;
     presence_of(&mut a, Some("unavailable"), "bob@localhost/r").await;
     drop(a);
     let mut a = login(&s, "alice", "r2").await;
     a.send("<presence/>").await;
     let p = presence_of(&mut a, Some("unavailable"), "bob@localhost").await;
-    assert_eq!(p.child_text("status", starling::ns::CLIENT).as_deref(), Some("gone fishing"));
+    assert_eq!(
+        p.child_text("status", starling::ns::CLIENT).as_deref(),
+        Some("gone fishing")
+    );
     assert!(p.has_child("delay", starling::ns::DELAY), "{p}");
     s.stop().await;
 }

@@ -33,7 +33,10 @@ pub async fn login(s: &TestServer, user: &str, res: &str) -> Client {
 pub async fn online(s: &TestServer, user: &str, res: &str) -> Client {
     let mut c = login(s, user, res).await;
     let r = c
-        .iq("<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>", "r0")
+        .iq(
+            "<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>",
+            "r0",
+        )
         .await;
     assert_eq!(r.attr("type"), Some("result"), "{r}");
     c.available().await;
