@@ -12,7 +12,12 @@ use sasl::common::{ChannelBinding, Credentials};
 use starling::ns;
 
 fn creds(user: &str, pw: &str) -> Credentials {
-    Credentials::default().with_username(user).with_password(pw)
+    // The crate's default is "y" (client thinks the server lacks channel binding), which
+    // our server rightly treats as a downgrade when it offers -PLUS; real clients send "n".
+    Credentials::default()
+        .with_username(user)
+        .with_password(pw)
+        .with_channel_binding(ChannelBinding::None)
 }
 
 async fn server_with_users() -> TestServer {

@@ -75,10 +75,6 @@ impl Conn {
         &self.bindings
     }
 
-    fn io(&mut self) -> Result<&mut MaybeTls, C2sError> {
-        self.io.as_mut().ok_or(C2sError::Closed)
-    }
-
     /// TLS from the first byte (XEP-0368).
     pub async fn start_tls(&mut self, server: &ServerState) -> Result<(), C2sError> {
         let tcp = match self.io.take() {
@@ -117,10 +113,10 @@ impl Conn {
     }
 
     /// Reads once from the socket into the parser.
+    ///
+    /// Cancel-safe (the session loop races it against outbound traffic): nothing is
+    /// moved out of `self` across the await, and a cancelled read has consumed nothing.
     pub async fn read_some(&mut self) -> Result<(), C2sError> {
-        // Borrow the buffer in place: this future is cancelled whenever the session
-        // loop's select! picks another branch, and a buffer moved out of `self` would be
-        // lost with it (the next read into an empty buffer returns 0, i.e. "closed").
         let io = self.io.as_mut().ok_or(C2sError::Closed)?;
         let n = io.read(&mut self.rbuf).await?;
         if n == 0 {
@@ -214,14 +210,13 @@ impl Conn {
         if self.out.is_empty() {
             return Ok(());
         }
-        let out = std::mem::take(&mut self.out);
-        let io = self.io()?;
+        let io = self.io.as_mut().ok_or(C2sError::Closed)?;
+        let out = &self.out;
         let result = tokio::time::timeout(WRITE_TIMEOUT, async {
-            io.write_all(&out).await?;
+            io.write_all(out).await?;
             io.flush().await
         })
         .await;
-        self.out = out;
         self.out.clear();
         // Give back memory a burst grew, but keep a small buffer around.
         if self.out.capacity() > 64 * 1024 {

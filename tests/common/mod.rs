@@ -38,7 +38,7 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config {
             data_dir: dir.path().to_owned(),
-            ..Default::default()
+            ..Config::default()
         };
         config.c2s.listen = vec!["127.0.0.1:0".into()];
         config.c2s.direct_tls_listen = vec!["127.0.0.1:0".into()];
@@ -291,9 +291,6 @@ impl Client {
 
     /// Opens a stream; returns the features.
     pub async fn open(&mut self) -> Element {
-        // Every header starts a new XML document (after STARTTLS and after SASL), and
-        // the server begins it with an XML declaration.
-        self.reader.reset();
         self.send("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>").await;
         match self.next().await {
             Got::Header(_) => {}
@@ -355,6 +352,8 @@ impl Client {
                 "success" => {
                     let data = B64.decode(e.text()).expect("base64 success");
                     mech.success(&data).expect("server signature verifies");
+                    // RFC 6120 §6.4.6: both sides restart the stream after success.
+                    self.reader.reset();
                     return e;
                 }
                 _ => return e,
@@ -387,7 +386,8 @@ impl Client {
         c.starttls().await;
         let creds = sasl::common::Credentials::default()
             .with_username(user)
-            .with_password(password);
+            .with_password(password)
+            .with_channel_binding(sasl::common::ChannelBinding::None);
         let mut mech =
             sasl::client::mechanisms::Scram::<sasl::common::scram::Sha256>::from_credentials(creds)
                 .expect("mechanism");
