@@ -1,7 +1,10 @@
 //! Persistent state behind one narrow, typed API. Handlers never see sled trees or byte
 //! keys, so a second backend (a shared SQL database for clusters) is a new file.
 
+mod rooms;
 mod sled_store;
+
+pub use rooms::{AffiliationRecord, RoomRecord};
 
 pub use sled_store::Store;
 

@@ -10,6 +10,7 @@ use std::path::Path;
 pub struct Store {
     db: sled::Db,
     accounts: sled::Tree,
+    pub(super) rooms: sled::Tree,
 }
 
 const META_SCHEMA: &[u8] = b"schema_version";
@@ -45,14 +46,24 @@ impl Store {
             });
         }
         let accounts = db.open_tree("accounts")?;
-        Ok(Store { db, accounts })
+        let rooms = db.open_tree("rooms")?;
+        Ok(Store {
+            db,
+            accounts,
+            rooms,
+        })
     }
 
     /// A store in a fresh temporary directory (tests).
     pub fn temporary() -> Result<Store, StoreError> {
         let db = sled::Config::new().temporary(true).open()?;
         let accounts = db.open_tree("accounts")?;
-        Ok(Store { db, accounts })
+        let rooms = db.open_tree("rooms")?;
+        Ok(Store {
+            db,
+            accounts,
+            rooms,
+        })
     }
 
     pub fn schema_version(&self) -> Result<u32, StoreError> {
