@@ -31,6 +31,17 @@ impl Element {
         }
     }
 
+    /// Assembles an element from already validated parts (distinct attribute names),
+    /// sparing the parser the per-attribute duplicate scan of `set_attr`.
+    pub(crate) fn from_parts(name: String, ns: String, attrs: Vec<(String, String)>) -> Self {
+        Element {
+            name,
+            ns,
+            attrs,
+            children: Vec::new(),
+        }
+    }
+
     /// Builder: set an attribute.
     pub fn with_attr(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.set_attr(name, value);

@@ -4,3 +4,6 @@ pub mod element;
 pub mod reader;
 
 pub use element::{Element, Node};
+pub use reader::{
+    parse_element, Limits, StreamEvent, StreamHeader, StreamReader, XmlError, NS_STREAMS,
+};
