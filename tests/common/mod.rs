@@ -2,6 +2,8 @@
 //! raw XMPP client that speaks XML over TCP/TLS so tests can assert on exact stanzas.
 #![allow(dead_code)]
 
+pub mod muc;
+
 use base64::Engine;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -52,6 +54,33 @@ impl TestServer {
             server: Some(server),
             dir,
         }
+    }
+
+    /// Starts a server on an existing data directory (restart tests: pair with
+    /// `stop_keep_dir`).
+    pub async fn start_in(dir: tempfile::TempDir) -> TestServer {
+        let mut config = Config::default();
+        config.data_dir = dir.path().to_owned();
+        config.c2s.listen = vec!["127.0.0.1:0".into()];
+        config.c2s.direct_tls_listen = vec!["127.0.0.1:0".into()];
+        config.s2s.listen = vec![];
+        config.http.listen = vec![];
+        config.limits.auth_failure_delay_ms = 10;
+        let server = Server::start(config).await.expect("server starts");
+        TestServer {
+            c2s: server.c2s_addrs[0],
+            c2s_tls: server.c2s_tls_addrs[0],
+            server: Some(server),
+            dir,
+        }
+    }
+
+    /// Stops the server and hands back its data directory instead of deleting it.
+    pub async fn stop_keep_dir(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        self.dir
     }
 
     pub fn state(&self) -> &starling::ServerState {
