@@ -293,7 +293,7 @@ async fn persistent_room_survives_restart() {
 
     let ts = TestServer::start_in(dir).await;
     // The room is back in the directory, with its configuration.
-    let mut bob = common::Client::login(ts.c2s, "bob", "pw", "r").await;
+    let mut bob = login(&ts, "bob").await;
     let items = bob
         .iq(&format!("<iq type='get' id='d1' to='{MUC}'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>"), "d1")
         .await;
@@ -315,14 +315,14 @@ async fn persistent_room_survives_restart() {
             .as_deref(),
         Some("Kept subject")
     );
-    let mut carol = common::Client::login(ts.c2s, "carol", "pw", "r").await;
+    let mut carol = login(&ts, "carol").await;
     let refused = join(&mut carol, "keep", "Carol", "").await;
     assert_eq!(
         stanza_error(refused.last().unwrap()).as_deref(),
         Some("registration-required")
     );
     // And Alice is still its owner.
-    let mut alice = common::Client::login(ts.c2s, "alice", "pw", "r").await;
+    let mut alice = login(&ts, "alice").await;
     let got = join(&mut alice, "keep", "Alice", "").await;
     let me = got
         .iter()

@@ -118,10 +118,12 @@ impl Conn {
 
     /// Reads once from the socket into the parser.
     pub async fn read_some(&mut self) -> Result<(), C2sError> {
-        let mut rbuf = std::mem::take(&mut self.rbuf);
-        let n = self.io()?.read(&mut rbuf).await;
-        self.rbuf = rbuf;
-        let n = n?;
+        // The session loop races this read against outbound stanzas in `select!`, so it
+        // must be cancel-safe: read straight into the buffer, never take it out of `self`
+        // (a cancelled read used to leave an empty buffer behind, and the next read of
+        // zero bytes looked like the client hanging up).
+        let io = self.io.as_mut().ok_or(C2sError::Closed)?;
+        let n = io.read(&mut self.rbuf).await?;
         if n == 0 {
             return Err(C2sError::Closed);
         }

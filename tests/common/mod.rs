@@ -263,6 +263,12 @@ impl Client {
         self.reader.reset();
     }
 
+    /// Forgets parser state, as a stream restart (after SASL) requires: the server's new
+    /// header comes with a fresh XML declaration.
+    pub fn restart_parser(&mut self) {
+        self.reader.reset();
+    }
+
     pub async fn send(&mut self, data: &str) {
         self.send_bytes(data.as_bytes()).await;
     }

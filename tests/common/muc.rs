@@ -8,7 +8,20 @@ pub const MUC: &str = "conference.localhost";
 
 pub async fn user(ts: &TestServer, name: &str) -> Client {
     ts.add_user(name, "pw");
-    Client::login(ts.c2s, name, "pw", "r").await
+    login(ts, name).await
+}
+
+/// Logs in an existing account over STARTTLS. PLAIN (over TLS) keeps these tests about
+/// MUC rather than about SCRAM, which tests/c2s.rs covers.
+pub async fn login(ts: &TestServer, name: &str) -> Client {
+    let mut c = Client::connect(ts.c2s).await;
+    c.starttls().await;
+    let mut mech = sasl::client::mechanisms::Plain::new(name, "pw");
+    let r = c.auth(&mut mech).await;
+    assert_eq!(r.name(), "success", "login failed: {r}");
+    c.restart_parser();
+    c.bind(Some("r")).await;
+    c
 }
 
 pub fn room(name: &str) -> String {
