@@ -131,13 +131,13 @@ impl RoomConfig {
                 "muc#roomconfig_roomname",
                 "text-single",
                 "Name",
-                &[self.name.clone()],
+                std::slice::from_ref(&self.name),
             ))
             .with_child(field(
                 "muc#roomconfig_roomdesc",
                 "text-single",
                 "Description",
-                &[self.description.clone()],
+                std::slice::from_ref(&self.description),
             ))
             .with_child(field(
                 "muc#roomconfig_persistentroom",
@@ -167,7 +167,7 @@ impl RoomConfig {
                 "muc#roomconfig_roomsecret",
                 "text-private",
                 "Password",
-                &[self.password.clone()],
+                std::slice::from_ref(&self.password),
             ))
             .with_child(field(
                 "muc#roomconfig_moderatedroom",

@@ -38,8 +38,23 @@ impl TestServer {
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::default();
-        config.data_dir = dir.path().to_owned();
+        Self::start_in_with(dir, tweak).await
+    }
+
+    /// Starts a server on an existing data directory (restart tests: pair with
+    /// `stop_keep_dir`).
+    pub async fn start_in(dir: tempfile::TempDir) -> TestServer {
+        Self::start_in_with(dir, |_| {}).await
+    }
+
+    pub async fn start_in_with(
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
+        let mut config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
         config.c2s.listen = vec!["127.0.0.1:0".into()];
         config.c2s.direct_tls_listen = vec!["127.0.0.1:0".into()];
         config.s2s.listen = vec![];
@@ -47,25 +62,6 @@ impl TestServer {
         // Failed logins are delayed in production; tests need not wait.
         config.limits.auth_failure_delay_ms = 10;
         tweak(&mut config);
-        let server = Server::start(config).await.expect("server starts");
-        TestServer {
-            c2s: server.c2s_addrs[0],
-            c2s_tls: server.c2s_tls_addrs[0],
-            server: Some(server),
-            dir,
-        }
-    }
-
-    /// Starts a server on an existing data directory (restart tests: pair with
-    /// `stop_keep_dir`).
-    pub async fn start_in(dir: tempfile::TempDir) -> TestServer {
-        let mut config = Config::default();
-        config.data_dir = dir.path().to_owned();
-        config.c2s.listen = vec!["127.0.0.1:0".into()];
-        config.c2s.direct_tls_listen = vec!["127.0.0.1:0".into()];
-        config.s2s.listen = vec![];
-        config.http.listen = vec![];
-        config.limits.auth_failure_delay_ms = 10;
         let server = Server::start(config).await.expect("server starts");
         TestServer {
             c2s: server.c2s_addrs[0],
