@@ -259,12 +259,6 @@ impl Client {
         self.reader.reset();
     }
 
-    /// Forgets parser state, as a stream restart (after SASL) requires: the server's new
-    /// header comes with a fresh XML declaration.
-    pub fn restart_parser(&mut self) {
-        self.reader.reset();
-    }
-
     pub async fn send(&mut self, data: &str) {
         self.send_bytes(data.as_bytes()).await;
     }
@@ -381,6 +375,8 @@ impl Client {
                 "success" => {
                     let data = B64.decode(e.text()).expect("base64 success");
                     mech.success(&data).expect("server signature verifies");
+                    // RFC 6120 §6.4.6: both sides restart the stream after success.
+                    self.reader.reset();
                     return e;
                 }
                 _ => return e,
@@ -413,7 +409,8 @@ impl Client {
         c.starttls().await;
         let creds = sasl::common::Credentials::default()
             .with_username(user)
-            .with_password(password);
+            .with_password(password)
+            .with_channel_binding(sasl::common::ChannelBinding::None);
         let mut mech =
             sasl::client::mechanisms::Scram::<sasl::common::scram::Sha256>::from_credentials(creds)
                 .expect("mechanism");

@@ -19,7 +19,6 @@ pub async fn login(ts: &TestServer, name: &str) -> Client {
     let mut mech = sasl::client::mechanisms::Plain::new(name, "pw");
     let r = c.auth(&mut mech).await;
     assert_eq!(r.name(), "success", "login failed: {r}");
-    c.restart_parser();
     c.bind(Some("r")).await;
     c
 }
