@@ -1307,7 +1307,7 @@ impl Room {
     ) -> Result<Option<Element>, StanzaError> {
         enum Change {
             Role {
-                target: usize,
+                nick: String,
                 role: Role,
             },
             Aff {
@@ -1358,7 +1358,10 @@ impl Room {
                     return Err(StanzaError::not_allowed()
                         .with_text("you may not change this occupant's role"));
                 }
-                changes.push(Change::Role { target: t, role });
+                changes.push(Change::Role {
+                    nick: nick.to_string(),
+                    role,
+                });
             } else if let Some(a) = item.attr("affiliation") {
                 let aff = Affiliation::parse(a)
                     .ok_or_else(|| StanzaError::bad_request().with_text("unknown affiliation"))?;
@@ -1417,12 +1420,9 @@ impl Room {
         let actor = actor_nick.as_deref();
         for (change, reason) in changes.into_iter().zip(reasons) {
             match change {
-                Change::Role { target, role } => {
-                    // Indexes were computed before any removal; find the occupant again
-                    // by its nick in case an earlier item removed someone.
-                    let Some(nick) = self.occupants.get(target).map(|o| o.nick.clone()) else {
-                        continue;
-                    };
+                Change::Role { nick, role } => {
+                    // Found again by nick: an earlier item in the batch may have removed
+                    // someone and shifted the positions.
                     let Some(t) = self.by_nick(&nick) else {
                         continue;
                     };
