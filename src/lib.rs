@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod im;
 pub mod module;
+pub mod muc;
 pub mod net;
 pub mod ns;
 pub mod router;
@@ -127,6 +128,7 @@ impl Server {
             tls,
             connections: Mutex::new(HashMap::new()),
         });
+        state.registry.run_start(&state);
         let (shutdown, _) = watch::channel(false);
         let (alive_tx, alive_rx) = mpsc::channel(1);
         let mut server = Server {
