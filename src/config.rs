@@ -36,6 +36,74 @@ pub struct Config {
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
     pub im: ImConfig,
+    pub sm: SmConfig,
+    pub mam: MamConfig,
+    pub csi: CsiConfig,
+}
+
+/// XEP-0198 stream management.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmConfig {
+    /// Seconds a dropped session stays resumable; its resource stays bound meanwhile and
+    /// stanzas for it wait in its queue. After that, unacknowledged and queued messages
+    /// go to offline storage.
+    pub resume_timeout_secs: u64,
+    /// Stanzas sent to a client and not yet acknowledged before the server closes the
+    /// stream (a client that never acks would otherwise grow this without bound).
+    pub max_unacked: usize,
+}
+
+impl Default for SmConfig {
+    fn default() -> Self {
+        SmConfig {
+            resume_timeout_secs: 300,
+            max_unacked: 5000,
+        }
+    }
+}
+
+/// XEP-0313 message archive.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MamConfig {
+    /// Archive messages at all (users can still opt out with their preferences).
+    pub enabled: bool,
+    /// Days an archived message is kept; 0 keeps it forever.
+    pub retention_days: u64,
+    /// Largest page a query may ask for (XEP-0059 `max`), and the page size when it
+    /// does not say.
+    pub max_page: usize,
+    pub default_page: usize,
+    /// Default archiving preference for users who set none: always | never | roster.
+    pub default_mode: String,
+}
+
+impl Default for MamConfig {
+    fn default() -> Self {
+        MamConfig {
+            enabled: true,
+            retention_days: 0,
+            max_page: 250,
+            default_page: 50,
+            default_mode: "always".into(),
+        }
+    }
+}
+
+/// XEP-0352 client state indication.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CsiConfig {
+    /// Stanzas held back for an inactive client (after coalescing) before they are all
+    /// sent anyway.
+    pub max_held: usize,
+}
+
+impl Default for CsiConfig {
+    fn default() -> Self {
+        CsiConfig { max_held: 100 }
+    }
 }
 
 /// Instant-messaging limits (RFC 6121 and the per-user services).
@@ -150,6 +218,9 @@ impl Default for Config {
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
             im: ImConfig::default(),
+            sm: SmConfig::default(),
+            mam: MamConfig::default(),
+            csi: CsiConfig::default(),
         }
     }
 }
@@ -292,6 +363,16 @@ impl Config {
             (l.max_auth_attempts >= 1, "limits.max_auth_attempts >= 1"),
             (l.session_queue >= 16, "limits.session_queue >= 16"),
             (l.write_timeout_secs >= 1, "limits.write_timeout_secs >= 1"),
+            (self.sm.max_unacked >= 16, "sm.max_unacked >= 16"),
+            (
+                self.mam.max_page >= 1 && self.mam.default_page >= 1,
+                "mam.max_page and mam.default_page >= 1",
+            ),
+            (
+                matches!(self.mam.default_mode.as_str(), "always" | "never" | "roster"),
+                "mam.default_mode is always, never or roster",
+            ),
+            (self.csi.max_held >= 1, "csi.max_held >= 1"),
         ];
         for (ok, msg) in checks {
             if !ok {

@@ -39,6 +39,8 @@ pub struct ServerState {
     pub sessions: Sessions,
     pub registry: Registry,
     pub tls: TlsSetup,
+    /// XEP-0198 sessions that can be resumed, by id.
+    pub resumable: c2s::sm::Resumable,
     connections: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -126,6 +128,7 @@ impl Server {
             store,
             registry,
             tls,
+            resumable: c2s::sm::Resumable::default(),
             connections: Mutex::new(HashMap::new()),
         });
         state.registry.run_start(&state);

@@ -1,6 +1,8 @@
 //! Client-to-server streams (RFC 6120): header checks, STARTTLS, SASL, resource binding,
 //! then the session loop. One task per connection owns its socket, parser and state.
 
+mod csi;
+pub mod sm;
 mod stream;
 
 use crate::ns;
@@ -8,6 +10,7 @@ use crate::router;
 use crate::sasl::{self, Failure, Lookup, ServerSession, Step};
 use crate::services::register;
 use crate::sessions::{Control, Outbound, SessionChannels, SessionHandle};
+use std::collections::VecDeque;
 use crate::stanza::{error_reply, iq_result, Kind, StanzaError, StreamError};
 use crate::xml::reader::{StreamEvent, StreamHeader};
 use crate::xml::Element;
@@ -23,6 +26,14 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Stream-level extensions implemented here rather than by a module of their own.
+pub fn register(reg: &mut crate::module::Registry) {
+    reg.spec("0198", "1.6.1", "Stream Management");
+    reg.stream_feature(Element::new("sm", ns::SM));
+    reg.spec("0352", "1.0.0", "Client State Indication");
+    reg.stream_feature(Element::new("csi", ns::CSI));
+}
 
 /// Serves one accepted client connection to completion.
 pub async fn serve(
@@ -44,44 +55,98 @@ pub async fn serve(
         }
         let mut shutdown = shutdown;
         let auth_timeout = Duration::from_secs(server.config.limits.auth_timeout_secs);
-        let negotiated = tokio::select! {
-            r = tokio::time::timeout(auth_timeout, negotiate(&server, &mut conn)) => match r {
-                Ok(r) => r,
-                Err(_) => Err(C2sError::Stream(StreamError::new("connection-timeout")
-                    .with_text("authentication took too long"))),
-            },
-            _ = shutdown.changed() => Err(C2sError::Stream(StreamError::new("system-shutdown"))),
+        let mut authenticated = None;
+        let mut continuing = false;
+        let (live, resumed) = loop {
+            let negotiated = tokio::select! {
+                r = tokio::time::timeout(
+                    auth_timeout,
+                    negotiate(&server, &mut conn, &mut authenticated, continuing),
+                ) => match r {
+                    Ok(r) => r,
+                    Err(_) => Err(C2sError::Stream(StreamError::new("connection-timeout")
+                        .with_text("authentication took too long"))),
+                },
+                _ = shutdown.changed() => Err(C2sError::Stream(StreamError::new("system-shutdown"))),
+            };
+            match negotiated {
+                Ok(Negotiated::Bound(live)) => break (live, false),
+                Ok(Negotiated::Resume { bare, previd, h }) => {
+                    // Outside the timeout and shutdown race on purpose: a session handed
+                    // over to us must never be dropped half-way by a cancelled future.
+                    match resume(&server, &mut conn, &bare, &previd, h).await {
+                        Some(live) => break (live, true),
+                        None => continuing = true,
+                    }
+                }
+                Err(e) => return conn.finish(e).await,
+            }
         };
-        let (handle, channels) = match negotiated {
-            Ok(bound) => bound,
-            Err(e) => return conn.finish(e).await,
-        };
-        tracing::Span::current().record("jid", tracing::field::display(&handle.jid));
-        tracing::info!("session started");
-        let mut channels = channels;
-        let result = session_loop(&server, &mut conn, &handle, &mut channels, &mut shutdown).await;
-        end_session(&server, &handle, &mut channels);
-        tracing::info!("session ended");
-        conn.finish(result.err().unwrap_or(C2sError::Closed)).await;
+        tracing::Span::current().record("jid", tracing::field::display(&live.handle.jid));
+        tracing::info!(resumed, "session started");
+        let mut live = live;
+        let mut first = resumed;
+        loop {
+            let end = if std::mem::take(&mut first) {
+                // `<resumed/>` and the retransmissions were queued by `resume`.
+                match conn.flush().await {
+                    Ok(()) => session_loop(&server, &mut conn, &mut live, &mut shutdown).await,
+                    Err(e) => End::Lost(e),
+                }
+            } else {
+                session_loop(&server, &mut conn, &mut live, &mut shutdown).await
+            };
+            match end {
+                End::TakenOver(reply) => {
+                    conn.discard_output();
+                    match reply.send(live) {
+                        Ok(()) => {
+                            tracing::info!("session resumed on another connection");
+                            let err = StreamError::new("conflict")
+                                .with_text("the session was resumed on another connection");
+                            return conn.finish(C2sError::Stream(err)).await;
+                        }
+                        // The resuming connection went away before taking it: carry on.
+                        Err(back) => live = back,
+                    }
+                }
+                End::Lost(err) if live.resumable() => {
+                    tracing::info!("connection lost; session kept for resumption");
+                    conn.finish(err).await;
+                    return park(&server, live, &mut shutdown).await;
+                }
+                End::Lost(err) | End::Over(err) => {
+                    finish_live(&server, live);
+                    tracing::info!("session ended");
+                    return conn.finish(err).await;
+                }
+            }
+        }
     }
     .instrument(span)
     .await
 }
 
 /// Stream negotiation, from the first header to a bound resource.
+/// `continuing`: the stream is already open and authenticated (a resumption attempt
+/// failed and the client may bind instead), so no header or features are expected.
 async fn negotiate(
     server: &ServerState,
     conn: &mut Conn,
-) -> Result<(SessionHandle, SessionChannels), C2sError> {
-    let mut authenticated: Option<BareJid> = None;
+    authenticated: &mut Option<BareJid>,
+    continuing: bool,
+) -> Result<Negotiated, C2sError> {
     let mut failures = 0u32;
+    let mut continuing = continuing;
     'stream: loop {
-        let header = conn.expect_header().await?;
-        check_header(server, &header).map_err(C2sError::Stream)?;
-        conn.send_header(server, header.attr("from")).await?;
         let offered = offered_mechanisms(server, conn);
-        conn.send(&features(server, conn, authenticated.is_some(), &offered))
-            .await?;
+        if !std::mem::take(&mut continuing) {
+            let header = conn.expect_header().await?;
+            check_header(server, &header).map_err(C2sError::Stream)?;
+            conn.send_header(server, header.attr("from")).await?;
+            conn.send(&features(server, conn, authenticated.is_some(), &offered))
+                .await?;
+        }
         loop {
             let el = conn.expect_element().await?;
             match (authenticated.as_ref(), el.ns(), el.name()) {
@@ -94,7 +159,7 @@ async fn negotiate(
                     match authenticate(server, conn, &el, &offered).await? {
                         Some(bare) => {
                             tracing::info!(user = %bare, "authenticated");
-                            authenticated = Some(bare);
+                            *authenticated = Some(bare);
                             conn.restart();
                             continue 'stream;
                         }
@@ -119,9 +184,31 @@ async fn negotiate(
                     conn.send(&reply).await?;
                 }
                 (Some(bare), ns::CLIENT, "iq") => {
-                    if let Some(bound) = try_bind(server, conn, bare, &el).await? {
-                        return Ok(bound);
+                    if let Some((handle, channels)) = try_bind(server, conn, bare, &el).await? {
+                        return Ok(Negotiated::Bound(Box::new(Live {
+                            handle,
+                            channels,
+                            sm: None,
+                            csi: csi::Csi::default(),
+                        })));
                     }
+                }
+                (Some(bare), ns::SM, "resume") => {
+                    let h = el.attr("h").and_then(|h| h.trim().parse::<u32>().ok());
+                    match (el.attr("previd"), h) {
+                        (Some(previd), Some(h)) => {
+                            return Ok(Negotiated::Resume {
+                                bare: bare.clone(),
+                                previd: previd.to_string(),
+                                h,
+                            })
+                        }
+                        _ => conn.send(&sm::failed("bad-request", None)).await?,
+                    }
+                }
+                (Some(_), ns::SM, "enable") => {
+                    // XEP-0198 §3: only a bound resource can enable stream management.
+                    conn.send(&sm::failed("unexpected-request", None)).await?;
                 }
                 (None, _, _) => {
                     return Err(C2sError::Stream(
@@ -416,74 +503,299 @@ fn random_resource() -> String {
     )
 }
 
+/// What negotiation ends with.
+enum Negotiated {
+    Bound(Box<Live>),
+    /// The client asked to resume a session (XEP-0198 §5) instead of binding.
+    Resume {
+        bare: BareJid,
+        previd: String,
+        h: u32,
+    },
+}
+
+/// A bound session and the protocol state that moves with it when it is resumed on
+/// another connection.
+pub struct Live {
+    pub handle: SessionHandle,
+    pub channels: SessionChannels,
+    /// Stream management, once the client enabled it.
+    pub sm: Option<sm::SmState>,
+    csi: csi::Csi,
+}
+
+impl Live {
+    fn resumable(&self) -> bool {
+        self.sm.as_ref().is_some_and(|s| s.id.is_some())
+    }
+}
+
+/// How a session loop ended.
+enum End {
+    /// The connection went away without the client closing the stream (I/O error, EOF,
+    /// silence): a resumable session waits for the client to come back.
+    Lost(C2sError),
+    /// The session is over (the client closed the stream, a stream error, shutdown).
+    Over(C2sError),
+    /// Another connection resumed this session.
+    TakenOver(sm::TakeoverRequest),
+}
+
+/// Takes over a detached (or not yet noticed dead) session for this connection and
+/// queues `<resumed/>` and the retransmissions. `None`: `<failed/>` was queued and the
+/// client may bind a fresh resource instead.
+async fn resume(
+    server: &ServerState,
+    conn: &mut Conn,
+    bare: &BareJid,
+    previd: &str,
+    h: u32,
+) -> Option<Box<Live>> {
+    let mut live = match server.resumable.take(previd, bare).await {
+        Ok(live) => live,
+        Err(sm::ResumeError::NotFound) => {
+            tracing::info!("resumption refused: unknown or expired id");
+            conn.queue(&sm::failed("item-not-found", None));
+            let _ = conn.flush().await;
+            return None;
+        }
+    };
+    let state = live.sm.as_mut()?;
+    if let Err(t) = state.ack(h) {
+        // The client claims stanzas it was never sent: its view of the session cannot be
+        // trusted, so the session ends (unacknowledged messages go to offline storage).
+        let mut f = sm::failed("undefined-condition", Some(state.inbound));
+        f.push(
+            Element::new("handled-count-too-high", ns::SM)
+                .with_attr("h", t.h.to_string())
+                .with_attr("send-count", t.sent.to_string()),
+        );
+        conn.queue(&f);
+        let _ = conn.flush().await;
+        finish_live(server, live);
+        return None;
+    }
+    state.requested = false;
+    conn.queue(
+        &Element::new("resumed", ns::SM)
+            .with_attr("previd", previd)
+            .with_attr("h", state.inbound.to_string()),
+    );
+    // Exactly the stanzas the client did not acknowledge, in their original order and
+    // with their original numbers (so they are not recorded a second time).
+    for el in &state.unacked {
+        conn.queue(el);
+    }
+    // Resumption starts the client out active (XEP-0352 state belongs to a stream);
+    // what was held back is newer than anything already sent, so it comes after.
+    live.csi.inactive = false;
+    for el in live.csi.release() {
+        write(conn, live.sm.as_mut(), &el);
+    }
+    if let Some(state) = live.sm.as_mut() {
+        if !state.unacked.is_empty() {
+            conn.queue(&sm::r());
+            state.requested = true;
+        }
+    }
+    Some(live)
+}
+
+/// Keeps a detached session until it is resumed or its time is up.
+async fn park(server: &ServerState, mut live: Box<Live>, shutdown: &mut watch::Receiver<bool>) {
+    enum Ev {
+        Take(sm::TakeoverRequest),
+        End,
+    }
+    let deadline = tokio::time::sleep(Duration::from_secs(server.config.sm.resume_timeout_secs));
+    tokio::pin!(deadline);
+    loop {
+        let Some(takeover) = live.sm.as_mut().and_then(|s| s.takeover.as_mut()) else {
+            break;
+        };
+        let ev = tokio::select! {
+            req = takeover.recv() => match req {
+                Some(reply) => Ev::Take(reply),
+                None => Ev::End,
+            },
+            // Replaced by a new bind of the same resource, account closed, or a queue
+            // that overflowed while detached: the session is over.
+            _ = live.channels.control.recv() => Ev::End,
+            _ = &mut deadline => Ev::End,
+            _ = shutdown.changed() => Ev::End,
+        };
+        match ev {
+            Ev::Take(reply) => match reply.send(live) {
+                Ok(()) => return,
+                Err(back) => live = back,
+            },
+            Ev::End => break,
+        }
+    }
+    tracing::info!("detached session ended");
+    finish_live(server, live);
+}
+
+/// Ends a session for good.
+fn finish_live(server: &ServerState, live: Box<Live>) {
+    let Live {
+        handle,
+        mut channels,
+        sm,
+        csi: _,
+    } = *live;
+    // Held-back presence and chat states are stale once nobody will read them.
+    let unacked = sm.map(|s| {
+        if let Some(id) = &s.id {
+            server.resumable.remove(id);
+        }
+        s.unacked
+    });
+    end_session(server, &handle, &mut channels, unacked);
+}
+
+/// Writes a stanza to the client, counting it when stream management is on.
+fn write(conn: &mut Conn, sm: Option<&mut sm::SmState>, el: &Element) {
+    conn.queue(el);
+    if let Some(sm) = sm {
+        if el.ns() == ns::CLIENT && Kind::of(el).is_some() {
+            sm.record_sent(el);
+        }
+    }
+}
+
+/// Offers an outbound stanza to client state indication, then writes what is due.
+fn emit(server: &ServerState, conn: &mut Conn, live: &mut Live, el: Element) {
+    if let Some(list) = live.csi.offer(el, server.config.csi.max_held) {
+        for el in &list {
+            write(conn, live.sm.as_mut(), el);
+        }
+    }
+}
+
+/// After a batch of output: ask for an acknowledgement if none is outstanding, and stop
+/// a client that lets unacknowledged stanzas pile up.
+fn request_ack(server: &ServerState, conn: &mut Conn, live: &mut Live) -> Result<(), C2sError> {
+    let Some(state) = live.sm.as_mut() else {
+        return Ok(());
+    };
+    if state.unacked.len() > server.config.sm.max_unacked {
+        return Err(C2sError::Stream(
+            StreamError::new("policy-violation").with_text("too many unacknowledged stanzas"),
+        ));
+    }
+    if !state.unacked.is_empty() && !state.requested {
+        conn.queue(&sm::r());
+        state.requested = true;
+    }
+    Ok(())
+}
+
 /// The bound session: stanzas in from the client, stanzas out from the router.
 async fn session_loop(
     server: &ServerState,
     conn: &mut Conn,
-    handle: &SessionHandle,
-    channels: &mut SessionChannels,
+    live: &mut Live,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), C2sError> {
+) -> End {
+    enum Ev {
+        Control(Option<Control>),
+        Shutdown,
+        Out(Option<Outbound>),
+        Read(Result<Result<(), C2sError>, tokio::time::error::Elapsed>),
+        Takeover(Option<sm::TakeoverRequest>),
+    }
     let idle = Duration::from_secs(server.config.limits.idle_timeout_secs);
-    let result = loop {
-        tokio::select! {
+    loop {
+        let takeover = live.sm.as_mut().and_then(|s| s.takeover.as_mut());
+        let ev = tokio::select! {
             biased;
-            ctl = channels.control.recv() => match ctl {
-                Some(Control::Close(err)) => {
-                    // What was queued before the order (a reply, an announcement) still
-                    // goes out ahead of the stream error.
-                    while let Ok(Outbound::Stanza(el)) = channels.rx.try_recv() {
-                        conn.queue(&el);
-                    }
-                    break Err(C2sError::Stream(err));
+            ctl = live.channels.control.recv() => Ev::Control(ctl),
+            _ = shutdown.changed() => Ev::Shutdown,
+            req = async {
+                match takeover {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
                 }
-                None => break Err(C2sError::Closed),
-            },
-            _ = shutdown.changed() => {
-                break Err(C2sError::Stream(StreamError::new("system-shutdown")));
+            } => Ev::Takeover(req),
+            out = live.channels.rx.recv() => Ev::Out(out),
+            read = tokio::time::timeout(idle, conn.read_some()) => Ev::Read(read),
+        };
+        match ev {
+            Ev::Control(Some(Control::Close(err))) => {
+                // What was queued before the order (a reply, an announcement) still
+                // goes out ahead of the stream error.
+                while let Ok(Outbound::Stanza(el)) = live.channels.rx.try_recv() {
+                    emit(server, conn, live, el);
+                }
+                for el in live.csi.release() {
+                    write(conn, live.sm.as_mut(), &el);
+                }
+                return End::Over(C2sError::Stream(err));
             }
-            out = channels.rx.recv() => match out {
-                Some(Outbound::Stanza(el)) => {
-                    conn.queue(&el);
-                    // Batch whatever else is already waiting into the same write.
-                    let mut n = 0;
-                    while n < 64 {
-                        match channels.rx.try_recv() {
-                            Ok(Outbound::Stanza(el)) => conn.queue(&el),
-                            Err(_) => break,
-                        }
-                        n += 1;
-                    }
-                    if let Err(e) = conn.flush().await {
-                        break Err(e);
-                    }
+            Ev::Control(None) | Ev::Out(None) => return End::Over(C2sError::Closed),
+            Ev::Shutdown => {
+                return End::Over(C2sError::Stream(StreamError::new("system-shutdown")))
+            }
+            Ev::Takeover(Some(reply)) => return End::TakenOver(reply),
+            Ev::Takeover(None) => {
+                if let Some(s) = live.sm.as_mut() {
+                    s.takeover = None;
                 }
-                None => break Err(C2sError::Closed),
-            },
-            read = tokio::time::timeout(idle, conn.read_some()) => {
-                match read {
-                    Err(_) => break Err(C2sError::Stream(StreamError::new("connection-timeout"))),
-                    Ok(Err(e)) => break Err(e),
-                    Ok(Ok(())) => {}
+            }
+            Ev::Out(Some(Outbound::Stanza(el))) => {
+                emit(server, conn, live, el);
+                // Batch whatever else is already waiting into the same write.
+                let mut n = 0;
+                while n < 64 {
+                    match live.channels.rx.try_recv() {
+                        Ok(Outbound::Stanza(el)) => emit(server, conn, live, el),
+                        Err(_) => break,
+                    }
+                    n += 1;
                 }
-                if let Err(e) = drain_events(server, conn, handle) {
-                    break Err(e);
+                if let Err(e) = request_ack(server, conn, live) {
+                    return End::Over(e);
                 }
                 if let Err(e) = conn.flush().await {
-                    break Err(e);
+                    return End::Lost(e);
+                }
+            }
+            Ev::Read(Err(_)) => {
+                return End::Lost(C2sError::Stream(StreamError::new("connection-timeout")))
+            }
+            Ev::Read(Ok(Err(e))) => return End::Lost(e),
+            Ev::Read(Ok(Ok(()))) => {
+                if let Err(e) = drain_events(server, conn, live) {
+                    return End::Over(e);
+                }
+                if let Some(state) = live.sm.as_mut() {
+                    if std::mem::take(&mut state.answer_due) {
+                        // The acknowledgement promises durability: archive and offline
+                        // writes of the stanzas it covers reach the disk first.
+                        if let Err(e) = server.store.flush_async().await {
+                            tracing::error!("flushing before an acknowledgement failed: {e}");
+                            return End::Over(C2sError::Stream(StreamError::new(
+                                "internal-server-error",
+                            )));
+                        }
+                        conn.queue(&sm::a(state.inbound));
+                    }
+                }
+                if let Err(e) = request_ack(server, conn, live) {
+                    return End::Over(e);
+                }
+                if let Err(e) = conn.flush().await {
+                    return End::Lost(e);
                 }
             }
         }
-    };
-    result
+    }
 }
 
-/// Handles every complete element the reader has.
-fn drain_events(
-    server: &ServerState,
-    conn: &mut Conn,
-    handle: &SessionHandle,
-) -> Result<(), C2sError> {
+/// Handles every complete element the reader has. `Err(Closed)`: the client closed
+/// the stream.
+fn drain_events(server: &ServerState, conn: &mut Conn, live: &mut Live) -> Result<(), C2sError> {
     while let Some(event) = conn.next_event()? {
         match event {
             StreamEvent::Close => return Err(C2sError::Closed),
@@ -492,11 +804,71 @@ fn drain_events(
                     StreamError::new("not-well-formed").with_text("unexpected stream header"),
                 ))
             }
-            StreamEvent::Element(el) => {
-                if let Some(reply) = client_stanza(server, handle, el)? {
-                    conn.queue(&reply);
+            StreamEvent::Element(el) if el.ns() == ns::SM => sm_nonza(server, conn, live, &el)?,
+            StreamEvent::Element(el)
+                if el.ns() == ns::CSI && matches!(el.name(), "active" | "inactive") =>
+            {
+                live.csi.inactive = el.name() == "inactive";
+                for el in live.csi.release() {
+                    write(conn, live.sm.as_mut(), &el);
                 }
             }
+            StreamEvent::Element(el) => {
+                let reply = client_stanza(server, &live.handle, el)?;
+                // Routed (delivered to a queue, stored, or answered): it counts.
+                if let Some(state) = live.sm.as_mut() {
+                    state.record_handled();
+                }
+                if let Some(reply) = reply {
+                    emit(server, conn, live, reply);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// XEP-0198 nonzas in a bound session.
+fn sm_nonza(
+    server: &ServerState,
+    conn: &mut Conn,
+    live: &mut Live,
+    el: &Element,
+) -> Result<(), C2sError> {
+    match (el.name(), live.sm.as_mut()) {
+        ("enable", None) => {
+            let resume = matches!(el.attr("resume"), Some("true" | "1"));
+            let mut enabled = Element::new("enabled", ns::SM);
+            let state = if resume {
+                let (id, rx) = server.resumable.register(live.handle.jid.to_bare());
+                enabled.set_attr("id", id.clone());
+                enabled.set_attr("resume", "true");
+                enabled.set_attr("max", server.config.sm.resume_timeout_secs.to_string());
+                sm::SmState::new(Some(id), Some(rx))
+            } else {
+                sm::SmState::new(None, None)
+            };
+            live.sm = Some(state);
+            conn.queue(&enabled);
+        }
+        ("enable" | "resume", _) => conn.queue(&sm::failed("unexpected-request", None)),
+        ("r", Some(state)) => state.answer_due = true,
+        ("a", Some(state)) => {
+            let Some(h) = el.attr("h").and_then(|h| h.trim().parse::<u32>().ok()) else {
+                return Err(C2sError::Stream(
+                    StreamError::new("invalid-xml").with_text("<a/> needs a numeric h"),
+                ));
+            };
+            state.ack(h).map_err(|t| C2sError::Stream(sm::too_high_error(&t)))?;
+            state.requested = false;
+        }
+        _ => {
+            return Err(C2sError::Stream(
+                StreamError::new("unsupported-stanza-type").with_text(format!(
+                    "<{}/> is not expected here (is stream management enabled?)",
+                    el.name()
+                )),
+            ))
         }
     }
     Ok(())
@@ -601,13 +973,34 @@ fn client_stanza(
 
 /// After the session is gone: tell the account's other resources (and, through the hook,
 /// contacts) that this resource went away, then run the modules' cleanup.
-fn end_session(server: &ServerState, handle: &SessionHandle, channels: &mut SessionChannels) {
+///
+/// `unacked` is set for a stream-management session: what it sent without an
+/// acknowledgement, and what was still queued, goes to offline storage (see `sm.rs` for
+/// why not to the other resources).
+fn end_session(
+    server: &ServerState,
+    handle: &SessionHandle,
+    channels: &mut SessionChannels,
+    unacked: Option<VecDeque<Element>>,
+) {
     let removed = server.sessions.unbind(handle);
-    // Whatever was queued for this session and not written goes back to the router,
-    // which finds the resource gone and applies the rules for an unavailable resource.
     channels.rx.close();
-    while let Ok(Outbound::Stanza(el)) = channels.rx.try_recv() {
-        router::undeliverable(server, el);
+    match unacked {
+        Some(unacked) => {
+            for el in unacked {
+                sm::reroute(server, el);
+            }
+            while let Ok(Outbound::Stanza(el)) = channels.rx.try_recv() {
+                sm::reroute(server, el);
+            }
+        }
+        None => {
+            // Whatever was queued and not written goes back to the router, which finds
+            // the resource gone and applies the rules for an unavailable resource.
+            while let Ok(Outbound::Stanza(el)) = channels.rx.try_recv() {
+                router::undeliverable(server, el);
+            }
+        }
     }
     let bare = handle.jid.to_bare();
     let _ = server.store.update_account(bare.as_str(), |a| {

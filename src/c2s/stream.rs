@@ -202,6 +202,12 @@ impl Conn {
         }
     }
 
+    /// Drops output not yet written: a session handed over to a resuming connection
+    /// must not also reach the abandoned one.
+    pub fn discard_output(&mut self) {
+        self.out.clear();
+    }
+
     pub async fn send(&mut self, el: &Element) -> Result<(), C2sError> {
         self.queue(el);
         self.flush().await

@@ -21,6 +21,7 @@ pub fn register_all(reg: &mut Registry, config: &Config) {
     // Stream-level features implemented in c2s rather than by a module of their own.
     reg.spec("0368", "1.1.0", "SRV records for XMPP over TLS");
     reg.spec("0440", "0.4.1", "SASL Channel-Binding Type Capability");
+    crate::c2s::register(reg);
     disco::register(reg, config);
     ping::register(reg);
     version::register(reg);

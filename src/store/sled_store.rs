@@ -82,6 +82,13 @@ impl Store {
         Ok(())
     }
 
+    /// Like `flush`, without blocking the async runtime: stream management awaits this
+    /// before acknowledging stanzas, so what it acknowledged is on disk.
+    pub async fn flush_async(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
     // --- accounts, keyed by normalised bare JID ---
 
     pub fn create_account(&self, jid: &str, credentials: Credentials) -> Result<(), StoreError> {
