@@ -369,7 +369,10 @@ impl Config {
                 "mam.max_page and mam.default_page >= 1",
             ),
             (
-                matches!(self.mam.default_mode.as_str(), "always" | "never" | "roster"),
+                matches!(
+                    self.mam.default_mode.as_str(),
+                    "always" | "never" | "roster"
+                ),
                 "mam.default_mode is always, never or roster",
             ),
             (self.csi.max_held >= 1, "csi.max_held >= 1"),

@@ -103,7 +103,10 @@ mod tests {
         let out = c.offer(body, 10).unwrap();
         assert_eq!(out.len(), 4);
         assert_eq!(out[0].attr("from"), Some("b@x/1"));
-        assert_eq!(out[1].child_text("show", ns::CLIENT).as_deref(), Some("dnd"));
+        assert_eq!(
+            out[1].child_text("show", ns::CLIENT).as_deref(),
+            Some("dnd")
+        );
         assert_eq!(out[2].name(), "message");
         assert!(out[3].has_child("body", ns::CLIENT));
         assert_eq!(c.held(), 0);

@@ -10,13 +10,13 @@ use crate::router;
 use crate::sasl::{self, Failure, Lookup, ServerSession, Step};
 use crate::services::register;
 use crate::sessions::{Control, Outbound, SessionChannels, SessionHandle};
-use std::collections::VecDeque;
 use crate::stanza::{error_reply, iq_result, Kind, StanzaError, StreamError};
 use crate::xml::reader::{StreamEvent, StreamHeader};
 use crate::xml::Element;
 use crate::ServerState;
 use base64::Engine;
 use jid::{BareJid, FullJid, Jid};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -835,6 +835,7 @@ fn sm_nonza(
     live: &mut Live,
     el: &Element,
 ) -> Result<(), C2sError> {
+    tracing::trace!(nonza = el.name(), h = el.attr("h"), "stream management");
     match (el.name(), live.sm.as_mut()) {
         ("enable", None) => {
             let resume = matches!(el.attr("resume"), Some("true" | "1"));
@@ -859,7 +860,9 @@ fn sm_nonza(
                     StreamError::new("invalid-xml").with_text("<a/> needs a numeric h"),
                 ));
             };
-            state.ack(h).map_err(|t| C2sError::Stream(sm::too_high_error(&t)))?;
+            state
+                .ack(h)
+                .map_err(|t| C2sError::Stream(sm::too_high_error(&t)))?;
             state.requested = false;
         }
         _ => {

@@ -84,9 +84,14 @@ impl Store {
 
     /// Like `flush`, without blocking the async runtime: stream management awaits this
     /// before acknowledging stanzas, so what it acknowledged is on disk.
+    /// (sled's own `flush_async` was seen never to complete under load, so the
+    /// blocking flush runs on tokio's blocking pool instead.)
     pub async fn flush_async(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::Io(std::io::Error::other(e.to_string()))),
+        }
     }
 
     // --- accounts, keyed by normalised bare JID ---
