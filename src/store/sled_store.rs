@@ -13,6 +13,7 @@ pub struct Store {
     /// Instant-messaging data, one tree per kind (see roster.rs, offline.rs, ...).
     pub(super) im: super::ImTrees,
     pub(super) rooms: sled::Tree,
+    pub(super) archive: super::ArchiveTrees,
 }
 
 const META_SCHEMA: &[u8] = b"schema_version";
@@ -54,11 +55,13 @@ impl Store {
         let accounts = db.open_tree("accounts")?;
         let im = super::ImTrees::open(&db)?;
         let rooms = db.open_tree("rooms")?;
+        let archive = super::ArchiveTrees::open(&db)?;
         Ok(Store {
             db,
             accounts,
             im,
             rooms,
+            archive,
         })
     }
 
