@@ -218,7 +218,9 @@ pub fn reroute(server: &ServerState, el: Element) {
         Some(Kind::Message) => {
             let ty = el.attr("type").unwrap_or("normal");
             let carbon = el.has_child("sent", ns::CARBONS) || el.has_child("received", ns::CARBONS);
-            if matches!(ty, "chat" | "normal") && !carbon {
+            // Archive results answered a query of this session; nobody else wants them.
+            let mam_result = el.has_child("result", ns::MAM);
+            if matches!(ty, "chat" | "normal") && !carbon && !mam_result {
                 router::offline(server, el);
             }
         }

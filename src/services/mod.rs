@@ -4,6 +4,7 @@ pub mod blocking;
 pub mod carbons;
 pub mod disco;
 pub mod last;
+pub mod mam;
 pub mod ping;
 pub mod private;
 pub mod register;
@@ -32,6 +33,7 @@ pub fn register_all(reg: &mut Registry, config: &Config) {
     private::register(reg);
     blocking::register(reg);
     carbons::register(reg);
+    mam::register(reg, config);
     last::register(reg);
     time::register(reg);
     crate::muc::register(reg, config);

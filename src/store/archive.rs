@@ -116,12 +116,7 @@ fn corrupt(detail: &str) -> StoreError {
 impl Store {
     /// Appends a message; returns its id. Not flushed here: stream management flushes
     /// the store before it acknowledges (one disk sync per batch, not per message).
-    pub fn archive_append(
-        &self,
-        owner: &str,
-        with: &str,
-        xml: &str,
-    ) -> Result<u64, StoreError> {
+    pub fn archive_append(&self, owner: &str, with: &str, xml: &str) -> Result<u64, StoreError> {
         let id = next_id();
         let rec = ArchivedMessage {
             with: with.to_string(),
@@ -137,7 +132,11 @@ impl Store {
     }
 
     pub fn archive_get(&self, owner: &str, id: u64) -> Result<Option<ArchivedMessage>, StoreError> {
-        match self.archive.records.get(user_key(owner, &id.to_be_bytes()))? {
+        match self
+            .archive
+            .records
+            .get(user_key(owner, &id.to_be_bytes()))?
+        {
             Some(v) => Ok(Some(decode("archive", &v)?)),
             None => Ok(None),
         }
@@ -200,12 +199,11 @@ impl Store {
         let range = tree.range(key(lo)..=key(hi));
         let want = q.index.saturating_add(q.max).saturating_add(1);
         let mut ids = Vec::new();
-        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-            if q.from_end {
-                Box::new(range.rev())
-            } else {
-                Box::new(range)
-            };
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if q.from_end {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
         for kv in iter.skip(q.index) {
             let (k, _) = kv?;
             let id = k
@@ -272,7 +270,9 @@ impl Store {
     }
 
     pub fn set_archive_prefs(&self, owner: &str, prefs: &ArchivePrefs) -> Result<(), StoreError> {
-        self.archive.prefs.insert(owner.as_bytes(), encode(prefs)?)?;
+        self.archive
+            .prefs
+            .insert(owner.as_bytes(), encode(prefs)?)?;
         self.archive.prefs.flush()?;
         Ok(())
     }

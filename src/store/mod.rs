@@ -11,8 +11,7 @@ mod sled_store;
 mod vcard;
 
 pub use archive::{
-    id_from_str, id_to_string, micros_of, ArchivePage, ArchivePrefs, ArchiveQuery,
-    ArchivedMessage,
+    id_from_str, id_to_string, micros_of, ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage,
 };
 pub use offline::OfflineMessage;
 pub use rooms::{AffiliationRecord, RoomRecord};
