@@ -986,18 +986,27 @@ fn end_session(
     channels: &mut SessionChannels,
     unacked: Option<VecDeque<Element>>,
 ) {
+    let sm_session = unacked.is_some();
+    if let Some(unacked) = unacked {
+        // Still bound while the backlog moves to offline storage, so messages arriving
+        // meanwhile queue up behind it instead of overtaking it into storage; the
+        // second pass below takes what arrived until the unbind.
+        for el in unacked {
+            sm::reroute(server, el);
+        }
+        while let Ok(Outbound::Stanza(el)) = channels.rx.try_recv() {
+            sm::reroute(server, el);
+        }
+    }
     let removed = server.sessions.unbind(handle);
     channels.rx.close();
-    match unacked {
-        Some(unacked) => {
-            for el in unacked {
-                sm::reroute(server, el);
-            }
+    match sm_session {
+        true => {
             while let Ok(Outbound::Stanza(el)) = channels.rx.try_recv() {
                 sm::reroute(server, el);
             }
         }
-        None => {
+        false => {
             // Whatever was queued and not written goes back to the router, which finds
             // the resource gone and applies the rules for an unavailable resource.
             while let Ok(Outbound::Stanza(el)) = channels.rx.try_recv() {

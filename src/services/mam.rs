@@ -257,6 +257,8 @@ pub struct Query {
     /// `Some("")` is `<before/>`: the last page.
     rsm_before: Option<String>,
     index: Option<usize>,
+    /// `<flip-page/>`: the page's results in reverse order.
+    flip: bool,
 }
 
 /// XEP-0082 date-time to microseconds.
@@ -283,6 +285,7 @@ impl TryFrom<&Element> for Query {
         let bad = |t: &str| StanzaError::bad_request().with_text(t.to_string());
         let mut q = Query {
             queryid: el.attr("queryid").map(str::to_string),
+            flip: el.has_child("flip-page", ns::MAM),
             ..Query::default()
         };
         if let Some(x) = el.child("x", ns::DATA_FORMS) {
@@ -435,10 +438,13 @@ pub fn run_query(
             aq.before_id = Some(aq.before_id.map_or(id, |x| x.min(id)));
         }
     }
-    let page = server.store.archive_query(archive, &aq).map_err(|e| {
+    let mut page = server.store.archive_query(archive, &aq).map_err(|e| {
         tracing::error!(%archive, "archive query failed: {e}");
         StanzaError::internal_server_error()
     })?;
+    if q.flip {
+        page.items.reverse();
+    }
     let session = server.sessions.get(requester);
     for (id, rec) in &page.items {
         let original = match crate::xml::reader::parse_element(rec.xml.as_bytes()) {

@@ -111,6 +111,33 @@ impl SmClient {
         }
     }
 
+    /// Like `recv`, waiting at most `wait` for each read: `Err(())` when nothing came.
+    pub async fn recv_within(&mut self, wait: std::time::Duration) -> Result<Option<Element>, ()> {
+        loop {
+            match self.c.next_within(wait).await {
+                None => return Err(()),
+                Some(Got::El(e)) if e.ns() == SM && e.name() == "r" => {
+                    let a = format!("<a xmlns='urn:xmpp:sm:3' h='{}'/>", self.h);
+                    if !self.c.try_send_bytes(a.as_bytes()).await {
+                        return Ok(None);
+                    }
+                }
+                Some(Got::El(e)) if e.ns() == SM && e.name() == "a" => {
+                    let h = e.attr("h").and_then(|h| h.parse().ok()).expect("numeric h");
+                    self.ack(h);
+                }
+                Some(Got::El(e)) => {
+                    if is_stanza(&e) {
+                        self.h = self.h.wrapping_add(1);
+                    }
+                    return Ok(Some(e));
+                }
+                Some(Got::Closed) => return Ok(None),
+                Some(Got::Header(_)) => {}
+            }
+        }
+    }
+
     /// Next stanza matching `pred`.
     pub async fn wait_for(&mut self, pred: impl Fn(&Element) -> bool) -> Element {
         loop {
