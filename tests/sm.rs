@@ -151,6 +151,7 @@ async fn resuming_a_live_session_closes_the_old_connection() {
         acked: 0,
         out: Default::default(),
         acks: Vec::new(),
+        early: Vec::new(),
     };
     let r = new.resume(s.c2s).await;
     assert_eq!(r.name(), "resumed", "{r}");

@@ -37,6 +37,8 @@ pub struct SmClient {
     pub out: VecDeque<String>,
     /// Acknowledgement figures the server sent us, in order.
     pub acks: Vec<u32>,
+    /// Stanzas that arrived before `<enabled/>` (not counted by either side).
+    pub early: Vec<Element>,
 }
 
 impl SmClient {
@@ -44,9 +46,14 @@ impl SmClient {
     pub async fn enable(mut c: Client, user: &str) -> SmClient {
         c.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
             .await;
-        let e = c
-            .wait_for(|e| e.name() == "enabled" || e.name() == "failed")
-            .await;
+        let mut early = Vec::new();
+        let e = loop {
+            let e = c.el().await;
+            if e.name() == "enabled" || e.name() == "failed" {
+                break e;
+            }
+            early.push(e);
+        };
         assert_eq!(e.name(), "enabled", "{e}");
         assert_eq!(e.attr("resume"), Some("true"));
         SmClient {
@@ -58,6 +65,7 @@ impl SmClient {
             acked: 0,
             out: VecDeque::new(),
             acks: Vec::new(),
+            early,
         }
     }
 
