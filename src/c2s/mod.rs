@@ -560,6 +560,12 @@ async fn resume(
             return None;
         }
     };
+    if live.sm.is_none() {
+        // Only stream-management sessions are registered for resumption; should one
+        // without it ever turn up, it still ends properly rather than being dropped.
+        finish_live(server, live);
+        return None;
+    }
     let state = live.sm.as_mut()?;
     if let Err(t) = state.ack(h) {
         // The client claims stanzas it was never sent: its view of the session cannot be

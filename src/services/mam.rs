@@ -185,7 +185,10 @@ fn incoming(server: &ServerState, to: &BareJid, msg: &mut Element) {
     let Some(with) = bare_of(msg.attr("from")) else {
         return;
     };
-    if !wants(server, to.as_str(), &with) {
+    // No archive for an address nobody holds (the router bounces the message).
+    let exists = server.sessions.is_online(to)
+        || matches!(server.store.account(to.as_str()), Ok(Some(_)));
+    if !exists || !wants(server, to.as_str(), &with) {
         return;
     }
     let xml = String::from_utf8_lossy(&msg.to_bytes("")).into_owned();
