@@ -19,3 +19,7 @@ pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 pub const DATA_FORMS: &str = "jabber:x:data";
 pub const DELAY: &str = "urn:xmpp:delay";
+/// XEP-0220 dialback elements (`db:` prefix on the wire).
+pub const DIALBACK: &str = "jabber:server:dialback";
+/// XEP-0220 stream feature advertising dialback (with `<errors/>` support).
+pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";

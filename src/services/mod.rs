@@ -20,4 +20,5 @@ pub fn register_all(reg: &mut Registry, config: &Config) {
     version::register(reg);
     session::register(reg);
     register::register(reg, config);
+    crate::s2s::register(reg);
 }
