@@ -117,6 +117,8 @@ pub struct LimitsConfig {
     pub max_auth_attempts: u32,
     /// Stanzas queued for one session before it is treated as a stalled reader.
     pub session_queue: usize,
+    /// Seconds a write may wait for the peer to read before the connection is dropped.
+    pub write_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -183,6 +185,7 @@ impl Default for LimitsConfig {
             auth_failure_delay_ms: 1000,
             max_auth_attempts: 3,
             session_queue: 1024,
+            write_timeout_secs: 30,
         }
     }
 }
@@ -299,6 +302,7 @@ impl Config {
             ),
             (l.max_auth_attempts >= 1, "limits.max_auth_attempts >= 1"),
             (l.session_queue >= 16, "limits.session_queue >= 16"),
+            (l.write_timeout_secs >= 1, "limits.write_timeout_secs >= 1"),
         ];
         for (ok, msg) in checks {
             if !ok {

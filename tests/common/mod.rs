@@ -36,8 +36,10 @@ impl TestServer {
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::default();
-        config.data_dir = dir.path().to_owned();
+        let mut config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
         config.c2s.listen = vec!["127.0.0.1:0".into()];
         config.c2s.direct_tls_listen = vec!["127.0.0.1:0".into()];
         config.s2s.listen = vec![];
@@ -350,6 +352,8 @@ impl Client {
                 "success" => {
                     let data = B64.decode(e.text()).expect("base64 success");
                     mech.success(&data).expect("server signature verifies");
+                    // RFC 6120 §6.4.6: both sides restart the stream after success.
+                    self.reader.reset();
                     return e;
                 }
                 _ => return e,
@@ -382,7 +386,8 @@ impl Client {
         c.starttls().await;
         let creds = sasl::common::Credentials::default()
             .with_username(user)
-            .with_password(password);
+            .with_password(password)
+            .with_channel_binding(sasl::common::ChannelBinding::None);
         let mut mech =
             sasl::client::mechanisms::Scram::<sasl::common::scram::Sha256>::from_credentials(creds)
                 .expect("mechanism");
