@@ -22,9 +22,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const READ_CHUNK: usize = 4096;
-/// A peer that does not drain its socket for this long is treated as gone: what we
-/// could not write is bounced rather than piling up.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +53,9 @@ pub struct Conn {
     local: String,
     /// The certificate chain the peer presented in TLS, if any.
     peer_certs: Vec<CertificateDer<'static>>,
+    /// A peer that does not drain its socket for this long is treated as gone: what
+    /// we could not write is bounced rather than piling up.
+    write_timeout: Duration,
 }
 
 impl Conn {
@@ -74,6 +74,7 @@ impl Conn {
             header_sent: false,
             local: server.config.domain.clone(),
             peer_certs: Vec::new(),
+            write_timeout: Duration::from_secs(l.write_timeout_secs),
         }
     }
 
@@ -166,12 +167,11 @@ impl Conn {
         self.header_sent = false;
     }
 
-    /// Reads once from the socket into the parser.
+    /// Reads once from the socket into the parser. Cancel-safe (it is raced against
+    /// queues and timers): the buffer is borrowed, never moved out.
     pub async fn read_some(&mut self) -> Result<(), S2sError> {
-        let mut rbuf = std::mem::take(&mut self.rbuf);
-        let n = self.io()?.read(&mut rbuf).await;
-        self.rbuf = rbuf;
-        let n = n?;
+        let io = self.io.as_mut().ok_or(S2sError::Closed)?;
+        let n = io.read(&mut self.rbuf).await?;
         if n == 0 {
             return Err(S2sError::Closed);
         }
@@ -297,8 +297,9 @@ impl Conn {
             return Ok(());
         }
         let out = std::mem::take(&mut self.out);
+        let limit = self.write_timeout;
         let io = self.io()?;
-        let result = tokio::time::timeout(WRITE_TIMEOUT, async {
+        let result = tokio::time::timeout(limit, async {
             io.write_all(&out).await?;
             io.flush().await
         })
