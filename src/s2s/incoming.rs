@@ -214,11 +214,12 @@ fn check_header(
         }
         st.local = to.to_string();
     }
+    let first = st.claimed.is_none();
     st.claimed = header.attr("from").and_then(domain_of).filter(|d| {
         // The peer may only claim the domain it claimed before a restart.
         st.claimed.as_ref().is_none_or(|c| c == d)
     });
-    if let Some(claimed) = &st.claimed {
+    if let (true, Some(claimed)) = (first, &st.claimed) {
         tracing::Span::current().record("from", tracing::field::display(claimed));
     }
     let major = header
