@@ -458,3 +458,75 @@ async fn tls_is_required_before_dialback_by_default() {
     p.a.stop().await;
     p.b.stop().await;
 }
+
+/// A test CA and, for each domain, a certificate it issued with the serverAuth extended
+/// key usage only (what public CAs issue today). Returns the CA file.
+fn test_ca(dir: &std::path::Path, domains: &[&str]) -> std::path::PathBuf {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Starling test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA cert");
+    for d in domains {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(vec![d.to_string()]).expect("params");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = p.signed_by(&key, &ca, &ca_key).expect("issue");
+        std::fs::write(dir.join(format!("{d}.crt")), cert.pem()).expect("write cert");
+        std::fs::write(dir.join(format!("{d}.key")), key.serialize_pem()).expect("write key");
+    }
+    let path = dir.join("ca.pem");
+    std::fs::write(&path, ca.pem()).expect("write CA");
+    path
+}
+
+#[tokio::test]
+async fn sasl_external_with_server_auth_only_certificates() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let ca = test_ca(certs.path(), &["a.test", "b.test"]);
+    let (pa, pb, dead) = (free_port(), free_port(), free_port());
+    let dir = certs.path().to_owned();
+    let setup = |domain: &str, port: u16, c: &mut starling::Config| {
+        c.domain = domain.into();
+        c.tls.certificate = Some(dir.join(format!("{domain}.crt")));
+        c.tls.key = Some(dir.join(format!("{domain}.key")));
+        c.s2s.listen = vec![format!("127.0.0.1:{port}")];
+        c.s2s.system_roots = false;
+        c.s2s.ca_file = Some(ca.clone());
+    };
+    let a = TestServer::start_with(|c| {
+        setup("a.test", pa, c);
+        c.s2s
+            .routes
+            .insert("b.test".into(), format!("127.0.0.1:{pb}"));
+    })
+    .await;
+    // b.test cannot reach a.test's authoritative server, so dialback would fail: a
+    // delivered message proves the certificate (SASL EXTERNAL) authenticated a.test.
+    let b = TestServer::start_with(|c| {
+        setup("b.test", pb, c);
+        c.s2s
+            .routes
+            .insert("a.test".into(), format!("127.0.0.1:{dead}"));
+    })
+    .await;
+    a.add_user("alice", PW);
+    b.add_user("bob", PW);
+    let mut al = Client::login_at(a.c2s, "a.test", "alice", PW, "phone").await;
+    let mut bo = Client::login_at(b.c2s, "b.test", "bob", PW, "desk").await;
+    bo.available().await;
+    al.send("<message to='bob@b.test' type='chat'><body>by certificate</body></message>")
+        .await;
+    let m = bo.wait_for(is_msg).await;
+    assert_eq!(m.attr("from"), Some("alice@a.test/phone"));
+    // A peer that presents no certificate (this raw test peer) is not offered EXTERNAL.
+    let (_c, _, f) = peer_stream(s2s_addr(&b), "c.test", "b.test").await;
+    assert!(!f.has_child("mechanisms", starling::ns::SASL), "{f}");
+    a.stop().await;
+    b.stop().await;
+}
