@@ -530,3 +530,33 @@ async fn sasl_external_with_server_auth_only_certificates() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn subscription_handshake_across_servers() {
+    let p = federation().await;
+    let mut al = alice(&p).await;
+    let mut bo = bob(&p).await;
+    al.send("<presence type='subscribe' to='bob@b.test'/>")
+        .await;
+    let req = bo
+        .wait_for(|e| e.name() == "presence" && e.attr("type") == Some("subscribe"))
+        .await;
+    assert_eq!(req.attr("from"), Some("alice@a.test"));
+    bo.send("<presence type='subscribed' to='alice@a.test'/>")
+        .await;
+    al.wait_for(|e| {
+        e.name() == "presence"
+            && e.attr("type") == Some("subscribed")
+            && e.attr("from") == Some("bob@b.test")
+    })
+    .await;
+    // RFC 6121 §3.1.5: the new subscriber then gets bob's current presence, across servers.
+    al.wait_for(|e| {
+        e.name() == "presence"
+            && e.attr("type").is_none()
+            && e.attr("from") == Some("bob@b.test/desk")
+    })
+    .await;
+    p.a.stop().await;
+    p.b.stop().await;
+}
