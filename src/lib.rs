@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod c2s;
 pub mod config;
 pub mod control;
+pub mod forms;
 pub mod module;
 pub mod net;
 pub mod ns;

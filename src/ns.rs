@@ -19,3 +19,7 @@ pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 pub const DATA_FORMS: &str = "jabber:x:data";
 pub const DELAY: &str = "urn:xmpp:delay";
+/// XEP-0050 ad-hoc commands (also the disco node listing them).
+pub const COMMANDS: &str = "http://jabber.org/protocol/commands";
+/// XEP-0133 service administration: FORM_TYPE, and the prefix of its command nodes.
+pub const ADMIN: &str = "http://jabber.org/protocol/admin";

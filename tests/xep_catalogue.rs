@@ -55,7 +55,10 @@ fn catalogue_matches_module_declarations() {
         .iter()
         .map(|s| (s.number.to_string(), s.version.to_string()))
         .collect();
-    assert_eq!(cat, declared, "xep/xeps.toml vs Registry::spec declarations");
+    assert_eq!(
+        cat, declared,
+        "xep/xeps.toml vs Registry::spec declarations"
+    );
 }
 
 #[test]
@@ -83,7 +86,11 @@ fn every_entry_names_existing_tests_and_a_known_status() {
         );
         assert!(!e.tests.is_empty(), "{} has no tests", e.number);
         for t in &e.tests {
-            assert!(root().join(t).exists(), "{}: test {t} does not exist", e.number);
+            assert!(
+                root().join(t).exists(),
+                "{}: test {t} does not exist",
+                e.number
+            );
         }
     }
 }

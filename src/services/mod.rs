@@ -1,5 +1,7 @@
 //! Server services: each file is one XEP (or RFC feature), registered here.
 
+pub mod adhoc;
+pub mod admin;
 pub mod disco;
 pub mod ping;
 pub mod register;
@@ -20,4 +22,6 @@ pub fn register_all(reg: &mut Registry, config: &Config) {
     version::register(reg);
     session::register(reg);
     register::register(reg, config);
+    adhoc::register(reg, config);
+    admin::register(reg);
 }

@@ -1,8 +1,10 @@
 //! Persistent state behind one narrow, typed API. Handlers never see sled trees or byte
 //! keys, so a second backend (a shared SQL database for clusters) is a new file.
 
+mod settings;
 mod sled_store;
 
+pub use settings::Motd;
 pub use sled_store::Store;
 
 use crate::sasl::Credentials;

@@ -8,7 +8,7 @@ use std::path::Path;
 /// Cheap to clone: every clone shares the same database.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    pub(super) db: sled::Db,
     accounts: sled::Tree,
 }
 

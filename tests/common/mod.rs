@@ -34,6 +34,8 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
+    // Tests change a few fields of the defaults; a struct literal would hide which.
+    #[allow(clippy::field_reassign_with_default)]
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config::default();
