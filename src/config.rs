@@ -35,6 +35,36 @@ pub struct Config {
     pub http: HttpConfig,
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
+    pub im: ImConfig,
+}
+
+/// Instant-messaging limits (RFC 6121 and the per-user services).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImConfig {
+    /// Most items in one roster; adding more is refused with `not-allowed`.
+    pub max_roster_items: usize,
+    /// Messages stored for one offline user; past this the sender gets
+    /// `service-unavailable` (XEP-0160).
+    pub offline_quota: usize,
+    /// Largest vCard (XEP-0054), in bytes of XML; bigger ones get `not-acceptable`.
+    pub max_vcard_bytes: usize,
+    /// Private XML storage (XEP-0049) per user, in bytes.
+    pub max_private_bytes: usize,
+    /// Most JIDs on one blocklist (XEP-0191).
+    pub max_blocklist_items: usize,
+}
+
+impl Default for ImConfig {
+    fn default() -> Self {
+        ImConfig {
+            max_roster_items: 1000,
+            offline_quota: 500,
+            max_vcard_bytes: 200 * 1024,
+            max_private_bytes: 256 * 1024,
+            max_blocklist_items: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +134,8 @@ pub struct LimitsConfig {
     pub session_queue: usize,
     /// Seconds an XEP-0050 command session may sit between two stages before it expires.
     pub command_session_timeout_secs: u64,
+    /// Seconds a write may wait for the peer to read before the connection is dropped.
+    pub write_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -119,6 +151,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
+            im: ImConfig::default(),
         }
     }
 }
@@ -164,6 +197,7 @@ impl Default for LimitsConfig {
             max_auth_attempts: 3,
             session_queue: 1024,
             command_session_timeout_secs: 600,
+            write_timeout_secs: 30,
         }
     }
 }
@@ -264,6 +298,7 @@ impl Config {
                 l.command_session_timeout_secs >= 1 && l.command_session_timeout_secs <= 86_400,
                 "limits.command_session_timeout_secs must be 1..86400",
             ),
+            (l.write_timeout_secs >= 1, "limits.write_timeout_secs >= 1"),
         ];
         for (ok, msg) in checks {
             if !ok {

@@ -13,8 +13,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const READ_CHUNK: usize = 4096;
-/// A peer that does not drain its socket for this long is gone as far as we care.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +43,8 @@ pub struct Conn {
     header_sent: bool,
     stream_id: u64,
     domain: String,
+    /// A peer that does not drain its socket for this long is gone as far as we care.
+    write_timeout: Duration,
 }
 
 impl Conn {
@@ -64,6 +64,7 @@ impl Conn {
             header_sent: false,
             stream_id: 0,
             domain: server.config.domain.clone(),
+            write_timeout: Duration::from_secs(l.write_timeout_secs),
         }
     }
 
@@ -73,10 +74,6 @@ impl Conn {
 
     pub fn bindings(&self) -> &ChannelBindings {
         &self.bindings
-    }
-
-    fn io(&mut self) -> Result<&mut MaybeTls, C2sError> {
-        self.io.as_mut().ok_or(C2sError::Closed)
     }
 
     /// TLS from the first byte (XEP-0368).
@@ -117,11 +114,12 @@ impl Conn {
     }
 
     /// Reads once from the socket into the parser.
+    ///
+    /// Cancel-safe (the session loop races it against outbound traffic): nothing is
+    /// moved out of `self` across the await, and a cancelled read has consumed nothing.
     pub async fn read_some(&mut self) -> Result<(), C2sError> {
-        let mut rbuf = std::mem::take(&mut self.rbuf);
-        let n = self.io()?.read(&mut rbuf).await;
-        self.rbuf = rbuf;
-        let n = n?;
+        let io = self.io.as_mut().ok_or(C2sError::Closed)?;
+        let n = io.read(&mut self.rbuf).await?;
         if n == 0 {
             return Err(C2sError::Closed);
         }
@@ -213,14 +211,13 @@ impl Conn {
         if self.out.is_empty() {
             return Ok(());
         }
-        let out = std::mem::take(&mut self.out);
-        let io = self.io()?;
-        let result = tokio::time::timeout(WRITE_TIMEOUT, async {
-            io.write_all(&out).await?;
+        let io = self.io.as_mut().ok_or(C2sError::Closed)?;
+        let out = &self.out;
+        let result = tokio::time::timeout(self.write_timeout, async {
+            io.write_all(out).await?;
             io.flush().await
         })
         .await;
-        self.out = out;
         self.out.clear();
         // Give back memory a burst grew, but keep a small buffer around.
         if self.out.capacity() > 64 * 1024 {

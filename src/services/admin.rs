@@ -56,7 +56,7 @@ pub const DELETE_MOTD: &str = node!("delete-motd");
 
 /// The roster namespace, for reading a user's roster through the roster module's own
 /// handler (the admin module does not know how rosters are stored).
-const ROSTER: &str = "jabber:iq:roster";
+use crate::ns::ROSTER;
 
 type Handler = fn(&CommandCtx<'_>, &[Form]) -> Result<CommandStep, StanzaError>;
 
@@ -208,6 +208,13 @@ fn account_error(e: AccountError, jid: &BareJid) -> StanzaError {
 /// A JID naming an account of this server (a bare JID of our domain).
 fn local_account(ctx: &CommandCtx<'_>, input: &str) -> Result<BareJid, StanzaError> {
     let domain = &ctx.server.config.domain;
+    // The form asks for a JID: a bare "localhost" is the server, not a user to complete.
+    if !input.contains('@') {
+        return Err(bad_payload(format!(
+            "{:?} is not an account JID (user@{domain})",
+            input.trim()
+        )));
+    }
     accounts::local_jid(input.trim(), domain).map_err(|_| {
         bad_payload(format!(
             "{:?} is not an account of this server (user@{domain})",

@@ -2,10 +2,16 @@
 
 pub mod adhoc;
 pub mod admin;
+pub mod blocking;
+pub mod carbons;
 pub mod disco;
+pub mod last;
 pub mod ping;
+pub mod private;
 pub mod register;
 pub mod session;
+pub mod time;
+pub mod vcard;
 pub mod version;
 
 use crate::module::Registry;
@@ -24,4 +30,12 @@ pub fn register_all(reg: &mut Registry, config: &Config) {
     register::register(reg, config);
     adhoc::register(reg, config);
     admin::register(reg);
+    crate::im::register(reg, config);
+    vcard::register(reg);
+    private::register(reg);
+    blocking::register(reg);
+    carbons::register(reg);
+    last::register(reg);
+    time::register(reg);
+    crate::muc::register(reg, config);
 }

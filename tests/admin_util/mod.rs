@@ -99,7 +99,12 @@ pub fn field_values(reply: &Element, var: &str) -> Vec<String> {
             x.children()
                 .find(|f| f.name() == "field" && f.attr("var") == Some(var))
         })
-        .map(|f| f.children().map(|v| v.text()).collect())
+        .map(|f| {
+            f.children()
+                .filter(|v| v.name() == "value")
+                .map(|v| v.text())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -139,7 +144,8 @@ pub async fn can_log_in(addr: std::net::SocketAddr, user: &str, password: &str) 
     c.starttls().await;
     let creds = sasl::common::Credentials::default()
         .with_username(user)
-        .with_password(password);
+        .with_password(password)
+        .with_channel_binding(sasl::common::ChannelBinding::None);
     let mut mech =
         sasl::client::mechanisms::Scram::<sasl::common::scram::Sha256>::from_credentials(creds)
             .expect("mechanism");

@@ -2,6 +2,8 @@
 //! raw XMPP client that speaks XML over TCP/TLS so tests can assert on exact stanzas.
 #![allow(dead_code)]
 
+pub mod muc;
+
 use base64::Engine;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -34,12 +36,25 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
-    // Tests change a few fields of the defaults; a struct literal would hide which.
-    #[allow(clippy::field_reassign_with_default)]
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::default();
-        config.data_dir = dir.path().to_owned();
+        Self::start_in_with(dir, tweak).await
+    }
+
+    /// Starts a server on an existing data directory (restart tests: pair with
+    /// `stop_keep_dir`).
+    pub async fn start_in(dir: tempfile::TempDir) -> TestServer {
+        Self::start_in_with(dir, |_| {}).await
+    }
+
+    pub async fn start_in_with(
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
+        let mut config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
         config.c2s.listen = vec!["127.0.0.1:0".into()];
         config.c2s.direct_tls_listen = vec!["127.0.0.1:0".into()];
         config.s2s.listen = vec![];
@@ -54,6 +69,14 @@ impl TestServer {
             server: Some(server),
             dir,
         }
+    }
+
+    /// Stops the server and hands back its data directory instead of deleting it.
+    pub async fn stop_keep_dir(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        self.dir
     }
 
     pub fn state(&self) -> &starling::ServerState {
@@ -352,6 +375,8 @@ impl Client {
                 "success" => {
                     let data = B64.decode(e.text()).expect("base64 success");
                     mech.success(&data).expect("server signature verifies");
+                    // RFC 6120 §6.4.6: both sides restart the stream after success.
+                    self.reader.reset();
                     return e;
                 }
                 _ => return e,
@@ -384,7 +409,8 @@ impl Client {
         c.starttls().await;
         let creds = sasl::common::Credentials::default()
             .with_username(user)
-            .with_password(password);
+            .with_password(password)
+            .with_channel_binding(sasl::common::ChannelBinding::None);
         let mut mech =
             sasl::client::mechanisms::Scram::<sasl::common::scram::Sha256>::from_credentials(creds)
                 .expect("mechanism");
