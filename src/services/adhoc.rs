@@ -555,6 +555,7 @@ pub fn register(reg: &mut Registry, config: &Config) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn parses_actions_and_refuses_unknown_ones() {
@@ -597,6 +598,124 @@ mod tests {
         assert!(e.app.unwrap().is("session-expired", ns::COMMANDS));
         // Once reported, an expired session is gone.
         assert!(s.take("2", "a@x/r", "n").is_err());
+    }
+
+    /// A registry with the ad-hoc service and one three-stage command (two forms, then a
+    /// result echoing both), run on a server state with no listeners.
+    fn three_stage_server() -> (ServerState, tempfile::TempDir) {
+        use crate::forms::{Field, FieldType};
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
+        let mut reg = Registry::default();
+        register(&mut reg, &config);
+        reg.command("test#wizard", "Wizard", false, |_ctx, forms| {
+            let ask = |var: &str| {
+                Form::new(FormType::Form).field(Field::new(var, FieldType::TextSingle).required())
+            };
+            Ok(match forms {
+                [] => CommandStep::Form {
+                    form: ask("first"),
+                    last: false,
+                },
+                [_] => CommandStep::last_form(ask("second")),
+                [a, b, ..] => CommandStep::note(
+                    NoteType::Info,
+                    format!(
+                        "{}+{}",
+                        a.value("first").unwrap_or(""),
+                        b.value("second").unwrap_or("")
+                    ),
+                ),
+            })
+        });
+        let state = ServerState {
+            sessions: crate::sessions::Sessions::new(16),
+            store: crate::store::Store::temporary().unwrap(),
+            registry: reg,
+            tls: crate::net::tls::TlsSetup::load(&config).unwrap(),
+            connections: Mutex::new(HashMap::new()),
+            config,
+        };
+        (state, dir)
+    }
+
+    fn send(state: &ServerState, attrs: &[(&str, &str)], form: Option<(&str, &str)>) -> IqResult {
+        let mut cmd = Element::new("command", ns::COMMANDS).with_attr("node", "test#wizard");
+        for (k, v) in attrs {
+            cmd.set_attr(*k, *v);
+        }
+        if let Some((var, value)) = form {
+            cmd.push(
+                Element::new("x", ns::DATA_FORMS)
+                    .with_attr("type", "submit")
+                    .with_child(
+                        Element::new("field", ns::DATA_FORMS)
+                            .with_attr("var", var)
+                            .with_child(Element::new("value", ns::DATA_FORMS).with_text(value)),
+                    ),
+            );
+        }
+        let from = Jid::new("user@localhost/r").unwrap();
+        let to = Jid::new("localhost").unwrap();
+        let iq = Element::new("iq", ns::CLIENT).with_child(cmd.clone());
+        let req = IqRequest {
+            server: state,
+            from: &from,
+            to: &to,
+            kind: IqKind::Set,
+            iq: &iq,
+        };
+        state
+            .registry
+            .dispatch_iq(IqTarget::Server, &req, &cmd)
+            .expect("handled")
+    }
+
+    fn default_action(reply: &Element) -> Option<String> {
+        reply
+            .child("actions", ns::COMMANDS)
+            .and_then(|a| a.attr("execute"))
+            .map(str::to_string)
+    }
+
+    #[test]
+    fn multi_stage_next_prev_complete() {
+        let (state, _dir) = three_stage_server();
+        let r = send(&state, &[("action", "execute")], None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.attr("status"), Some("executing"));
+        assert_eq!(default_action(&r).as_deref(), Some("next"));
+        let sid = r.attr("sessionid").unwrap().to_string();
+        let s = |action| [("sessionid", sid.as_str()), ("action", action)];
+        // 'complete' is not what the first stage offers.
+        let e = send(&state, &s("complete"), Some(("first", "a"))).unwrap_err();
+        assert!(e.app.unwrap().is("bad-action", ns::COMMANDS));
+        let r = send(&state, &s("next"), Some(("first", "a")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(default_action(&r).as_deref(), Some("complete"));
+        assert!(r
+            .child("actions", ns::COMMANDS)
+            .unwrap()
+            .has_child("prev", ns::COMMANDS));
+        // Back to the first stage: the form comes back with what was entered.
+        let r = send(&state, &s("prev"), None).unwrap().unwrap();
+        let x = r.child("x", ns::DATA_FORMS).unwrap();
+        assert_eq!(Form::try_from(x).unwrap().value("first"), Some("a"));
+        assert_eq!(default_action(&r).as_deref(), Some("next"));
+        // 'execute' means the stage's default action.
+        send(&state, &s("execute"), Some(("first", "b"))).unwrap();
+        let r = send(&state, &s("complete"), Some(("second", "c")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.attr("status"), Some("completed"));
+        assert_eq!(r.child_text("note", ns::COMMANDS).as_deref(), Some("b+c"));
+        let e = send(&state, &s("complete"), Some(("second", "c"))).unwrap_err();
+        assert!(e.app.unwrap().is("bad-sessionid", ns::COMMANDS));
     }
 
     #[test]
