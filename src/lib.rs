@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod c2s;
 pub mod config;
 pub mod control;
+pub mod datetime;
 pub mod forms;
 pub mod im;
 pub mod module;

@@ -596,7 +596,7 @@ fn get_lastlogin(ctx: &CommandCtx<'_>, forms: &[Form]) -> Result<CommandStep, St
     let mut last = Field::new("lastlogin", FieldType::TextSingle).label("Last login time");
     let mut notes = Vec::new();
     match account.last_login {
-        Some(t) => last = last.value(datetime(t)),
+        Some(t) => last = last.value(crate::datetime::format(t)),
         None => notes.push(Note {
             kind: NoteType::Info,
             text: format!("{jid} has never logged in"),
@@ -780,45 +780,4 @@ fn delete_motd(ctx: &CommandCtx<'_>, _: &[Form]) -> Result<CommandStep, StanzaEr
             "There was no message of the day"
         },
     ))
-}
-
-/// XEP-0082 DateTime in UTC for seconds since the Unix epoch.
-pub fn datetime(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
-}
-
-/// Gregorian date of a day count since 1970-01-01, counting in 400-year eras (each
-/// exactly 146097 days) with years starting in March so the leap day comes last.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_xep0082_datetimes() {
-        assert_eq!(datetime(0), "1970-01-01T00:00:00Z");
-        assert_eq!(datetime(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(datetime(1_709_210_096), "2024-02-29T12:34:56Z");
-        assert_eq!(datetime(4_107_542_399), "2100-02-28T23:59:59Z");
-    }
 }
