@@ -147,6 +147,8 @@ pub struct LimitsConfig {
     pub max_auth_attempts: u32,
     /// Stanzas queued for one session before it is treated as a stalled reader.
     pub session_queue: usize,
+    /// Seconds an XEP-0050 command session may sit between two stages before it expires.
+    pub command_session_timeout_secs: u64,
     /// Seconds a write may wait for the peer to read before the connection is dropped.
     pub write_timeout_secs: u64,
 }
@@ -216,6 +218,7 @@ impl Default for LimitsConfig {
             auth_failure_delay_ms: 1000,
             max_auth_attempts: 3,
             session_queue: 1024,
+            command_session_timeout_secs: 600,
             write_timeout_secs: 30,
         }
     }
@@ -333,6 +336,10 @@ impl Config {
             ),
             (l.max_auth_attempts >= 1, "limits.max_auth_attempts >= 1"),
             (l.session_queue >= 16, "limits.session_queue >= 16"),
+            (
+                l.command_session_timeout_secs >= 1 && l.command_session_timeout_secs <= 86_400,
+                "limits.command_session_timeout_secs must be 1..86400",
+            ),
             (l.write_timeout_secs >= 1, "limits.write_timeout_secs >= 1"),
         ];
         for (ok, msg) in checks {

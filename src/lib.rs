@@ -8,6 +8,7 @@ pub mod c2s;
 pub mod config;
 pub mod control;
 pub mod datetime;
+pub mod forms;
 pub mod im;
 pub mod module;
 pub mod muc;
@@ -85,6 +86,22 @@ impl Drop for ConnectionGuard {
 }
 
 impl ServerState {
+    /// The shared state, before any listener exists (also what unit tests build).
+    pub fn new(config: Config, store: Store, registry: Registry, tls: TlsSetup) -> ServerState {
+        ServerState {
+            // A login flushes up to a full offline store into the new session at once, so
+            // the queue has room for that on top of the stalled-reader allowance. tokio
+            // allocates channel blocks lazily: the bound costs nothing until it is used.
+            sessions: Sessions::new(config.limits.session_queue + config.im.offline_quota),
+            config,
+            store,
+            registry,
+            tls,
+            s2s: s2s::S2s::new(),
+            connections: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionGuard> {
         let mut map = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_insert(0);
@@ -132,18 +149,7 @@ impl Server {
         let tls = TlsSetup::load(&config)?;
         let mut registry = Registry::default();
         services::register_all(&mut registry, &config);
-        let state = Arc::new(ServerState {
-            // A login flushes up to a full offline store into the new session at once, so
-            // the queue has room for that on top of the stalled-reader allowance. tokio
-            // allocates channel blocks lazily: the bound costs nothing until it is used.
-            sessions: Sessions::new(config.limits.session_queue + config.im.offline_quota),
-            config,
-            store,
-            registry,
-            tls,
-            s2s: s2s::S2s::new(),
-            connections: Mutex::new(HashMap::new()),
-        });
+        let state = Arc::new(ServerState::new(config, store, registry, tls));
         state.registry.run_start(&state);
         let (shutdown, _) = watch::channel(false);
         let (alive_tx, alive_rx) = mpsc::channel(1);
