@@ -56,7 +56,9 @@ fn main() {
         store.archive_query(owner, &q).expect("query").items.len()
     };
     measure("first page (max 50)", || q(&|_| {}));
-    measure("last page (<before/>, max 50)", || q(&|q| q.from_end = true));
+    measure("last page (<before/>, max 50)", || {
+        q(&|q| q.from_end = true)
+    });
     measure("page after an id in the middle", || {
         q(&|q| q.after_id = Some(ids[MESSAGES / 2]))
     });

@@ -10,7 +10,6 @@
 mod common;
 mod sm_util;
 
-use common::*;
 use sm_util::*;
 use starling::ns;
 use starling::xml::Element;
@@ -104,7 +103,7 @@ async fn sigkill_loses_no_acknowledged_message() {
     bob.auto_ack = false;
     let mut alice = login(addr, "alice").await;
     let mut live: BTreeMap<u32, u32> = BTreeMap::new();
-    let mut note = |e: &Element, live: &mut BTreeMap<u32, u32>| {
+    let note = |e: &Element, live: &mut BTreeMap<u32, u32>| {
         if let Some(k) = seq(e) {
             *live.entry(k).or_default() += 1;
         }
@@ -139,7 +138,10 @@ async fn sigkill_loses_no_acknowledged_message() {
     }
     // Alice's first counted stanza was her presence; the messages come after it.
     let acked = alice.acked.saturating_sub(1);
-    assert!(acked > 0, "the server acknowledged something before the crash");
+    assert!(
+        acked > 0,
+        "the server acknowledged something before the crash"
+    );
 
     // Restart on the same data directory.
     let server = start(&config, addr, &log).await;

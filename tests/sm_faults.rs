@@ -156,7 +156,8 @@ async fn cut_connections_lose_and_duplicate_nothing() {
             tokio::time::sleep(Duration::from_millis(50)).await;
             p.sm.cut();
             long_absences += 1;
-            p.away_until = Some(Instant::now() + Duration::from_millis(RESUME_TIMEOUT * 1000 + 800));
+            p.away_until =
+                Some(Instant::now() + Duration::from_millis(RESUME_TIMEOUT * 1000 + 800));
         }
     }
     // Everyone back, everything acknowledged, everything read.
@@ -210,7 +211,9 @@ async fn cut_connections_lose_and_duplicate_nothing() {
                     .and_then(|r| r.child("forwarded", "urn:xmpp:forward:0"))
                     .and_then(|f| f.child("message", ns::CLIENT));
                 if let Some(m) = fwd {
-                    if m.attr("from").is_some_and(|f| f.starts_with(sender.as_str())) {
+                    if m.attr("from")
+                        .is_some_and(|f| f.starts_with(sender.as_str()))
+                    {
                         let mut one = BTreeMap::new();
                         record(&mut one, m);
                         seqs.extend(one.into_values().flatten());

@@ -84,6 +84,10 @@ pub async fn serve(
         };
         tracing::Span::current().record("jid", tracing::field::display(&live.handle.jid));
         tracing::info!(resumed, "session started");
+        if !resumed {
+            // A resumed session is the same session: it started once.
+            server.registry.run_session_start(&server, &live.handle);
+        }
         let mut live = live;
         let mut first = resumed;
         loop {

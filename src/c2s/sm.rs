@@ -221,8 +221,8 @@ pub fn reroute(server: &ServerState, el: Element) {
             // Archive results answered a query of this session; nobody else wants them.
             let mam_result = el.has_child("result", ns::MAM);
             // A bare chat state ("typing...") is stale by the time anyone reads it.
-            let only_chat_state = el.children().next().is_some()
-                && el.children().all(|c| c.ns() == ns::CHATSTATES);
+            let only_chat_state =
+                el.children().next().is_some() && el.children().all(|c| c.ns() == ns::CHATSTATES);
             if matches!(ty, "chat" | "normal") && !carbon && !mam_result && !only_chat_state {
                 router::offline(server, el);
             }

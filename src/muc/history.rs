@@ -36,7 +36,7 @@ impl Request {
             max_chars: el.attr("maxchars").and_then(|v| v.trim().parse().ok()),
             max_stanzas: el.attr("maxstanzas").and_then(|v| v.trim().parse().ok()),
             seconds: el.attr("seconds").and_then(|v| v.trim().parse().ok()),
-            since: el.attr("since").and_then(parse_datetime),
+            since: el.attr("since").and_then(crate::datetime::parse),
         }
     }
 }
@@ -95,106 +95,10 @@ impl History {
     }
 }
 
-/// Days since 1970-01-01 for a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719468;
-    let era = if z >= 0 { z } else { z - 146096 } / 146097;
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// XEP-0082 DateTime in UTC, as used in delay stamps.
-pub fn format_datetime(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
-}
-
-/// Parses a XEP-0082 DateTime (`YYYY-MM-DDThh:mm:ss[.sss](Z|±hh:mm)`) into Unix seconds.
-pub fn parse_datetime(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (date, time) = s.split_once('T')?;
-    let mut dp = date.split('-');
-    let y: i64 = dp.next()?.parse().ok()?;
-    let m: u32 = dp.next()?.parse().ok()?;
-    let d: u32 = dp.next()?.parse().ok()?;
-    if dp.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    let (clock, offset) = if let Some(c) = time.strip_suffix('Z') {
-        (c, 0i64)
-    } else {
-        let pos = time.rfind(['+', '-'])?;
-        let (c, off) = time.split_at(pos);
-        let sign = if off.starts_with('-') { -1 } else { 1 };
-        let (oh, om) = off[1..].split_once(':')?;
-        let oh: i64 = oh.parse().ok()?;
-        let om: i64 = om.parse().ok()?;
-        (c, sign * (oh * 3600 + om * 60))
-    };
-    let clock = clock.split('.').next()?;
-    let mut tp = clock.split(':');
-    let hh: i64 = tp.next()?.parse().ok()?;
-    let mm: i64 = tp.next()?.parse().ok()?;
-    let ss: i64 = tp.next()?.parse().ok()?;
-    if tp.next().is_some() || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    let t = days_from_civil(y, m, d) * 86400 + hh * 3600 + mm * 60 + ss - offset;
-    u64::try_from(t).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ns;
-
-    #[test]
-    fn datetimes() {
-        assert_eq!(format_datetime(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_datetime(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(parse_datetime("2023-11-14T22:13:20Z"), Some(1_700_000_000));
-        assert_eq!(
-            parse_datetime("2023-11-14T22:13:20.123Z"),
-            Some(1_700_000_000)
-        );
-        assert_eq!(
-            parse_datetime("2023-11-15T00:13:20+02:00"),
-            Some(1_700_000_000)
-        );
-        assert_eq!(parse_datetime("2000-02-29T00:00:00Z"), Some(951_782_400));
-        for bad in [
-            "",
-            "yesterday",
-            "2023-13-01T00:00:00Z",
-            "2023-01-01T25:00:00Z",
-            "2023-01-01",
-        ] {
-            assert_eq!(parse_datetime(bad), None, "{bad}");
-        }
-    }
 
     fn msg(n: usize) -> Element {
         Element::new("message", ns::CLIENT)

@@ -410,7 +410,7 @@ impl Room {
             m.push(
                 Element::new("delay", ns::DELAY)
                     .with_attr("from", self.jid.to_string())
-                    .with_attr("stamp", history::format_datetime(e.stamp)),
+                    .with_attr("stamp", crate::datetime::format(e.stamp)),
             );
             hist.push(m);
         }

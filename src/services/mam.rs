@@ -11,8 +11,8 @@
 //! A `<stanza-id/>` that claims to come from the archive's owner but was not added by
 //! us is removed: clients trust it for deduplication, so nobody else may forge it.
 
+use crate::datetime::{format as format_datetime, parse as parse_datetime};
 use crate::module::{IqKind, IqRequest, IqTarget, Registry};
-use crate::muc::history::{format_datetime, parse_datetime};
 use crate::ns;
 use crate::sessions::SessionHandle;
 use crate::stanza::StanzaError;
@@ -186,8 +186,8 @@ fn incoming(server: &ServerState, to: &BareJid, msg: &mut Element) {
         return;
     };
     // No archive for an address nobody holds (the router bounces the message).
-    let exists = server.sessions.is_online(to)
-        || matches!(server.store.account(to.as_str()), Ok(Some(_)));
+    let exists =
+        server.sessions.is_online(to) || matches!(server.store.account(to.as_str()), Ok(Some(_)));
     if !exists || !wants(server, to.as_str(), &with) {
         return;
     }

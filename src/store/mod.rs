@@ -7,6 +7,7 @@ mod offline;
 mod private;
 mod rooms;
 mod roster;
+mod settings;
 mod sled_store;
 mod vcard;
 
@@ -16,7 +17,7 @@ pub use archive::{
 pub use offline::OfflineMessage;
 pub use rooms::{AffiliationRecord, RoomRecord};
 pub use roster::{RosterChange, RosterItem, RosterMeta, RosterUpdate};
-
+pub use settings::Motd;
 pub use sled_store::Store;
 pub use vcard::LastPresence;
 
