@@ -120,7 +120,7 @@ pub async fn serve(
                     return park(&server, live, &mut shutdown).await;
                 }
                 End::Lost(err) | End::Over(err) => {
-                    finish_live(&server, live);
+                    finish_live(&server, *live);
                     tracing::info!("session ended");
                     return conn.finish(err).await;
                 }
@@ -567,7 +567,7 @@ async fn resume(
     if live.sm.is_none() {
         // Only stream-management sessions are registered for resumption; should one
         // without it ever turn up, it still ends properly rather than being dropped.
-        finish_live(server, live);
+        finish_live(server, *live);
         return None;
     }
     let state = live.sm.as_mut()?;
@@ -582,7 +582,7 @@ async fn resume(
         );
         conn.queue(&f);
         let _ = conn.flush().await;
-        finish_live(server, live);
+        finish_live(server, *live);
         return None;
     }
     state.requested = false;
@@ -619,10 +619,7 @@ async fn park(server: &ServerState, mut live: Box<Live>, shutdown: &mut watch::R
     }
     let deadline = tokio::time::sleep(Duration::from_secs(server.config.sm.resume_timeout_secs));
     tokio::pin!(deadline);
-    loop {
-        let Some(takeover) = live.sm.as_mut().and_then(|s| s.takeover.as_mut()) else {
-            break;
-        };
+    while let Some(takeover) = live.sm.as_mut().and_then(|s| s.takeover.as_mut()) {
         let ev = tokio::select! {
             req = takeover.recv() => match req {
                 Some(reply) => Ev::Take(reply),
@@ -643,17 +640,17 @@ async fn park(server: &ServerState, mut live: Box<Live>, shutdown: &mut watch::R
         }
     }
     tracing::info!("detached session ended");
-    finish_live(server, live);
+    finish_live(server, *live);
 }
 
 /// Ends a session for good.
-fn finish_live(server: &ServerState, live: Box<Live>) {
+fn finish_live(server: &ServerState, live: Live) {
     let Live {
         handle,
         mut channels,
         sm,
         csi: _,
-    } = *live;
+    } = live;
     // Held-back presence and chat states are stale once nobody will read them.
     let unacked = sm.map(|s| {
         if let Some(id) = &s.id {

@@ -82,7 +82,7 @@ pub fn register(reg: &mut Registry, config: &Config) {
         }
     });
     if config.mam.retention_days > 0 {
-        reg.on_start(|server| start_expiry(server));
+        reg.on_start(start_expiry);
     }
 }
 
