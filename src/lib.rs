@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod c2s;
 pub mod config;
 pub mod control;
+pub mod http;
 pub mod module;
 pub mod net;
 pub mod ns;
@@ -100,6 +101,8 @@ pub struct Server {
     /// Bound addresses: (c2s STARTTLS, c2s direct TLS).
     pub c2s_addrs: Vec<SocketAddr>,
     pub c2s_tls_addrs: Vec<SocketAddr>,
+    /// Bound HTTP listeners (WebSocket, BOSH, host-meta, web chat).
+    pub http_addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     /// Every connection task holds a clone; shutdown waits until all are dropped.
     alive_tx: mpsc::Sender<()>,
@@ -129,6 +132,7 @@ impl Server {
             state: state.clone(),
             c2s_addrs: Vec::new(),
             c2s_tls_addrs: Vec::new(),
+            http_addrs: Vec::new(),
             shutdown,
             alive_tx,
             alive_rx,
@@ -142,6 +146,21 @@ impl Server {
             let bound = server.listen(addr, true).await?;
             server.c2s_tls_addrs.push(bound);
         }
+        // Every HTTP task holds an `alive` clone, so shutdown waits for them as for c2s.
+        let web = http::Http::new(
+            state.clone(),
+            server.shutdown.subscribe(),
+            server.alive_tx.clone(),
+        );
+        for addr in config::parse_addrs(&state.config.http.listen)? {
+            let (bound, task) = web
+                .listen(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?;
+            server.http_addrs.push(bound);
+            server.tasks.push(task);
+        }
+        drop(web);
         let control = control::start(state.clone(), server.shutdown.subscribe())
             .await
             .map_err(StartError::Control)?;
@@ -150,6 +169,7 @@ impl Server {
             domain = %state.config.domain,
             c2s = ?server.c2s_addrs,
             c2s_tls = ?server.c2s_tls_addrs,
+            http = ?server.http_addrs,
             "Starling started"
         );
         Ok(server)

@@ -19,3 +19,9 @@ pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 pub const DATA_FORMS: &str = "jabber:x:data";
 pub const DELAY: &str = "urn:xmpp:delay";
+/// RFC 7395 WebSocket framing (`<open/>`, `<close/>`).
+pub const FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
+/// XEP-0124 BOSH body wrapper.
+pub const HTTPBIND: &str = "http://jabber.org/protocol/httpbind";
+/// XEP-0206 attributes on the BOSH body (`xmpp:version`, `xmpp:restart`).
+pub const XBOSH: &str = "urn:xmpp:xbosh";

@@ -31,6 +31,9 @@ pub enum TlsError {
 #[derive(Clone)]
 pub struct TlsSetup {
     pub acceptor: TlsAcceptor,
+    /// Same certificate, for the HTTPS listeners (ALPN http/1.1: browsers offer it,
+    /// and would be refused if the only protocol we named were xmpp-client).
+    pub http_acceptor: TlsAcceptor,
     /// RFC 5929 tls-server-end-point data: SHA-256 of our certificate (right for the
     /// SHA-256 and ECDSA-P256 certificates we generate and that CAs issue today).
     server_end_point: Arc<Vec<u8>>,
@@ -51,9 +54,12 @@ impl TlsSetup {
             .with_no_client_auth()
             .with_single_cert(certs, key)?;
         // XEP-0368 direct TLS clients may ask for "xmpp-client"; STARTTLS clients send none.
+        let mut http_config = server_config.clone();
+        http_config.alpn_protocols = vec![b"http/1.1".to_vec()];
         server_config.alpn_protocols = vec![b"xmpp-client".to_vec()];
         Ok(TlsSetup {
             acceptor: TlsAcceptor::from(Arc::new(server_config)),
+            http_acceptor: TlsAcceptor::from(Arc::new(http_config)),
             server_end_point: Arc::new(server_end_point),
         })
     }
