@@ -35,6 +35,36 @@ pub struct Config {
     pub http: HttpConfig,
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
+    pub im: ImConfig,
+}
+
+/// Instant-messaging limits (RFC 6121 and the per-user services).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImConfig {
+    /// Most items in one roster; adding more is refused with `not-allowed`.
+    pub max_roster_items: usize,
+    /// Messages stored for one offline user; past this the sender gets
+    /// `service-unavailable` (XEP-0160).
+    pub offline_quota: usize,
+    /// Largest vCard (XEP-0054), in bytes of XML; bigger ones get `not-acceptable`.
+    pub max_vcard_bytes: usize,
+    /// Private XML storage (XEP-0049) per user, in bytes.
+    pub max_private_bytes: usize,
+    /// Most JIDs on one blocklist (XEP-0191).
+    pub max_blocklist_items: usize,
+}
+
+impl Default for ImConfig {
+    fn default() -> Self {
+        ImConfig {
+            max_roster_items: 1000,
+            offline_quota: 500,
+            max_vcard_bytes: 200 * 1024,
+            max_private_bytes: 256 * 1024,
+            max_blocklist_items: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +164,8 @@ pub struct LimitsConfig {
     pub max_auth_attempts: u32,
     /// Stanzas queued for one session before it is treated as a stalled reader.
     pub session_queue: usize,
+    /// Seconds a write may wait for the peer to read before the connection is dropped.
+    pub write_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -149,6 +181,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
+            im: ImConfig::default(),
         }
     }
 }
@@ -205,6 +238,7 @@ impl Default for LimitsConfig {
             auth_failure_delay_ms: 1000,
             max_auth_attempts: 3,
             session_queue: 1024,
+            write_timeout_secs: 30,
         }
     }
 }
@@ -333,6 +367,7 @@ impl Config {
                         && !self.http.public_url.contains(['"', '\'', '<', '>', ' '])),
                 "http.public_url must be empty or an http(s):// URL",
             ),
+            (l.write_timeout_secs >= 1, "limits.write_timeout_secs >= 1"),
         ];
         for (ok, msg) in checks {
             if !ok {

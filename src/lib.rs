@@ -8,6 +8,7 @@ pub mod c2s;
 pub mod config;
 pub mod control;
 pub mod http;
+pub mod im;
 pub mod module;
 pub mod net;
 pub mod ns;
@@ -119,7 +120,10 @@ impl Server {
         let mut registry = Registry::default();
         services::register_all(&mut registry, &config);
         let state = Arc::new(ServerState {
-            sessions: Sessions::new(config.limits.session_queue),
+            // A login flushes up to a full offline store into the new session at once, so
+            // the queue has room for that on top of the stalled-reader allowance. tokio
+            // allocates channel blocks lazily: the bound costs nothing until it is used.
+            sessions: Sessions::new(config.limits.session_queue + config.im.offline_quota),
             config,
             store,
             registry,

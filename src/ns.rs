@@ -25,3 +25,17 @@ pub const FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
 pub const HTTPBIND: &str = "http://jabber.org/protocol/httpbind";
 /// XEP-0206 attributes on the BOSH body (`xmpp:version`, `xmpp:restart`).
 pub const XBOSH: &str = "urn:xmpp:xbosh";
+pub const ROSTER: &str = "jabber:iq:roster";
+pub const ROSTER_VER: &str = "urn:xmpp:features:rosterver";
+pub const PRE_APPROVAL: &str = "urn:xmpp:features:pre-approval";
+pub const VCARD: &str = "vcard-temp";
+pub const PRIVATE: &str = "jabber:iq:private";
+pub const BLOCKING: &str = "urn:xmpp:blocking";
+pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
+pub const CARBONS: &str = "urn:xmpp:carbons:2";
+pub const FORWARD: &str = "urn:xmpp:forward:0";
+pub const HINTS: &str = "urn:xmpp:hints";
+pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+pub const LAST: &str = "jabber:iq:last";
+pub const TIME: &str = "urn:xmpp:time";
+pub const OFFLINE: &str = "msgoffline";

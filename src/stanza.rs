@@ -130,6 +130,9 @@ impl std::fmt::Display for StanzaError {
     }
 }
 
+/// Largest original payload copied into an error reply, in serialised bytes.
+const MAX_ECHOED_PAYLOAD: usize = 2048;
+
 /// The error reply to `stanza`, addressed back to its sender; `None` when `stanza` is
 /// itself an error (RFC 6120 §8.3.1: errors are never answered with errors).
 pub fn error_reply(stanza: &Element, err: &StanzaError) -> Option<Element> {
@@ -146,11 +149,24 @@ pub fn error_reply(stanza: &Element, err: &StanzaError) -> Option<Element> {
     if let Some(to) = stanza.attr("to") {
         reply.set_attr("from", to);
     }
-    // Keeping the original payload lets the sender correlate messages; IQ payloads are
-    // left out (the id is enough) so that large requests are not echoed back.
+    // Keeping a small original payload lets the sender see what failed; IQ payloads and
+    // large ones are left out (the id is enough), so a bounce never costs more than the
+    // stanza that caused it and a flood of big messages is not reflected back in full.
     if stanza.name() != "iq" {
+        let mut size = 0;
+        let mut echoed = Vec::new();
         for child in stanza.children() {
-            reply.push(child.clone());
+            let mut bytes = Vec::new();
+            child.write_to(&mut bytes, stanza.ns());
+            size += bytes.len();
+            if size > MAX_ECHOED_PAYLOAD {
+                echoed.clear();
+                break;
+            }
+            echoed.push(child.clone());
+        }
+        for child in echoed {
+            reply.push(child);
         }
     }
     reply.push(err.to_element());

@@ -21,8 +21,6 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 const READ_CHUNK: usize = 4096;
-/// A peer that does not drain its socket for this long is gone as far as we care.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +87,8 @@ pub struct Conn {
     header_sent: bool,
     stream_id: u64,
     domain: String,
+    /// A peer that does not drain its socket for this long is gone as far as we care.
+    write_timeout: Duration,
 }
 
 impl Conn {
@@ -109,6 +109,7 @@ impl Conn {
             header_sent: false,
             stream_id: 0,
             domain: server.config.domain.clone(),
+            write_timeout: Duration::from_secs(l.write_timeout_secs),
         }
     }
 
@@ -135,6 +136,7 @@ impl Conn {
             header_sent: false,
             stream_id: 0,
             domain: server.config.domain.clone(),
+            write_timeout: Duration::from_secs(l.write_timeout_secs),
         }
     }
 
@@ -319,7 +321,7 @@ impl Conn {
         if let Some(f) = self.framed.as_mut() {
             for frame in f.out.drain(..) {
                 // A transport that stops taking frames is a peer that stopped reading.
-                match tokio::time::timeout(WRITE_TIMEOUT, f.end.outgoing.send(frame)).await {
+                match tokio::time::timeout(self.write_timeout, f.end.outgoing.send(frame)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return Err(C2sError::Closed),
                     Err(_) => return Err(C2sError::Io(std::io::ErrorKind::TimedOut.into())),
@@ -332,7 +334,7 @@ impl Conn {
         }
         let io = self.io.as_mut().ok_or(C2sError::Closed)?;
         let out = &self.out;
-        let result = tokio::time::timeout(WRITE_TIMEOUT, async {
+        let result = tokio::time::timeout(self.write_timeout, async {
             io.write_all(out).await?;
             io.flush().await
         })
@@ -382,7 +384,7 @@ impl Conn {
             f.out.push(Frame::Close);
             for frame in f.out.drain(..) {
                 let send = f.end.outgoing.send(frame);
-                if !matches!(tokio::time::timeout(WRITE_TIMEOUT, send).await, Ok(Ok(()))) {
+                if !matches!(tokio::time::timeout(self.write_timeout, send).await, Ok(Ok(()))) {
                     return;
                 }
             }
