@@ -384,7 +384,10 @@ impl Conn {
             f.out.push(Frame::Close);
             for frame in f.out.drain(..) {
                 let send = f.end.outgoing.send(frame);
-                if !matches!(tokio::time::timeout(self.write_timeout, send).await, Ok(Ok(()))) {
+                if !matches!(
+                    tokio::time::timeout(self.write_timeout, send).await,
+                    Ok(Ok(()))
+                ) {
                     return;
                 }
             }
