@@ -177,9 +177,9 @@ fn index(ctx: &Ctx, req: &Request<Incoming>, dist: &Path) -> Response<Body> {
              <meta name='viewport' content='width=device-width, initial-scale=1'>\n\
              <title>Chat on {d}</title>\n\
              <link rel='stylesheet' href='/converse/converse.min.css'>\n\
-             <script src='/converse/converse.min.js'></script>\n</head>\n\
+             <script type='module' src='/converse/converse.min.js'></script>\n</head>\n\
              <body class='converse-fullscreen'>\n<noscript>The chat needs JavaScript.</noscript>\n\
-             <script>converse.initialize({settings});</script>\n</body>\n</html>\n",
+             <script type='module'>converse.initialize({settings});</script>\n</body>\n</html>\n",
             d = escape(domain),
         )
     } else {
