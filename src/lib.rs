@@ -8,8 +8,10 @@ pub mod c2s;
 pub mod config;
 pub mod control;
 pub mod http;
+pub mod datetime;
 pub mod im;
 pub mod module;
+pub mod muc;
 pub mod net;
 pub mod ns;
 pub mod router;
@@ -130,6 +132,7 @@ impl Server {
             tls,
             connections: Mutex::new(HashMap::new()),
         });
+        state.registry.run_start(&state);
         let (shutdown, _) = watch::channel(false);
         let (alive_tx, alive_rx) = mpsc::channel(1);
         let mut server = Server {

@@ -11,6 +11,7 @@ use crate::xml::Element;
 use crate::ServerState;
 use jid::{BareJid, Jid};
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IqKind {
@@ -65,6 +66,7 @@ type IqFn = Box<dyn Fn(&IqRequest<'_>, &Element) -> IqResult + Send + Sync>;
 type SessionHook = Box<dyn Fn(&ServerState, &Jid) + Send + Sync>;
 type AccountHook = Box<dyn Fn(&Store, &BareJid) + Send + Sync>;
 type DomainFn = Box<dyn Fn(&ServerState, Element) + Send + Sync>;
+type StartHook = Box<dyn Fn(&Arc<ServerState>) + Send + Sync>;
 /// Stores a message for an account with no available resource, or says why it cannot.
 pub type OfflineFn = Box<dyn Fn(&ServerState, &Element) -> Result<(), StanzaError> + Send + Sync>;
 /// Presence addressed to an account's bare JID (subscriptions, probes, directed presence).
@@ -142,6 +144,7 @@ pub struct Registry {
     session_end: Vec<SessionHook>,
     account_removed: Vec<AccountHook>,
     domains: HashMap<String, DomainFn>,
+    start: Vec<StartHook>,
     offline: Option<OfflineFn>,
     presence_to_account: Option<PresenceToAccountFn>,
     presence_broadcast: Option<PresenceBroadcastFn>,
@@ -219,6 +222,18 @@ impl Registry {
         f: impl Fn(&ServerState, Element) + Send + Sync + 'static,
     ) {
         self.domains.insert(domain.into(), Box::new(f));
+    }
+
+    /// Called once the server state exists, before any listener accepts: for modules
+    /// that run tasks of their own (MUC rooms) and need a handle on the server.
+    pub fn on_start(&mut self, f: impl Fn(&Arc<ServerState>) + Send + Sync + 'static) {
+        self.start.push(Box::new(f));
+    }
+
+    pub(crate) fn run_start(&self, server: &Arc<ServerState>) {
+        for hook in &self.start {
+            hook(server);
+        }
     }
 
     pub fn set_offline(

@@ -35,7 +35,18 @@ pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
 pub const CARBONS: &str = "urn:xmpp:carbons:2";
 pub const FORWARD: &str = "urn:xmpp:forward:0";
 pub const HINTS: &str = "urn:xmpp:hints";
-pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 pub const LAST: &str = "jabber:iq:last";
 pub const TIME: &str = "urn:xmpp:time";
 pub const OFFLINE: &str = "msgoffline";
+pub const MUC: &str = "http://jabber.org/protocol/muc";
+pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+pub const MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+pub const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+pub const MUC_ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
+pub const MUC_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
+/// XEP-0410: the service answers self-pings itself.
+pub const MUC_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
+/// XEP-0249 direct invitations.
+pub const CONFERENCE: &str = "jabber:x:conference";
+/// XEP-0421 anonymous unique occupant identifiers.
+pub const OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";

@@ -49,7 +49,7 @@ fn store(server: &ServerState, msg: &Element) -> Result<(), StanzaError> {
         msg.push(
             Element::new("delay", ns::DELAY)
                 .with_attr("from", server.config.domain.as_str())
-                .with_attr("stamp", super::timestamp(crate::store::now_secs()))
+                .with_attr("stamp", crate::datetime::format(crate::store::now_secs()))
                 .with_text("Offline Storage"),
         );
     }

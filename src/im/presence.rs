@@ -360,7 +360,7 @@ fn answer_probe(server: &ServerState, user: &BareJid, prober: &Jid) {
         p.push(
             Element::new("delay", ns::DELAY)
                 .with_attr("from", server.config.domain.as_str())
-                .with_attr("stamp", super::timestamp(l.at)),
+                .with_attr("stamp", crate::datetime::format(l.at)),
         );
     }
     router::route(server, p);

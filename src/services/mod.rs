@@ -46,4 +46,5 @@ pub fn register_all(reg: &mut Registry, config: &Config) {
     carbons::register(reg);
     last::register(reg);
     time::register(reg);
+    crate::muc::register(reg, config);
 }

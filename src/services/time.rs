@@ -17,7 +17,7 @@ pub fn register(reg: &mut Registry) {
                 .with_child(Element::new("tzo", ns::TIME).with_text("+00:00"))
                 .with_child(
                     Element::new("utc", ns::TIME)
-                        .with_text(crate::im::timestamp(crate::store::now_secs())),
+                        .with_text(crate::datetime::format(crate::store::now_secs())),
                 ),
         ))
     });

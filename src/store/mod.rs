@@ -4,12 +4,15 @@
 mod blocking;
 mod offline;
 mod private;
+mod rooms;
 mod roster;
 mod sled_store;
 mod vcard;
 
 pub use offline::OfflineMessage;
+pub use rooms::{AffiliationRecord, RoomRecord};
 pub use roster::{RosterChange, RosterItem, RosterMeta, RosterUpdate};
+
 pub use sled_store::Store;
 pub use vcard::LastPresence;
 

@@ -12,6 +12,7 @@ pub struct Store {
     accounts: sled::Tree,
     /// Instant-messaging data, one tree per kind (see roster.rs, offline.rs, ...).
     pub(super) im: super::ImTrees,
+    pub(super) rooms: sled::Tree,
 }
 
 const META_SCHEMA: &[u8] = b"schema_version";
@@ -52,7 +53,13 @@ impl Store {
     fn with_trees(db: sled::Db) -> Result<Store, StoreError> {
         let accounts = db.open_tree("accounts")?;
         let im = super::ImTrees::open(&db)?;
-        Ok(Store { db, accounts, im })
+        let rooms = db.open_tree("rooms")?;
+        Ok(Store {
+            db,
+            accounts,
+            im,
+            rooms,
+        })
     }
 
     /// A store in a fresh temporary directory (tests).
