@@ -15,6 +15,7 @@ pub mod muc;
 pub mod net;
 pub mod ns;
 pub mod router;
+pub mod s2s;
 pub mod sasl;
 pub mod services;
 pub mod sessions;
@@ -41,6 +42,7 @@ pub struct ServerState {
     pub sessions: Sessions,
     pub registry: Registry,
     pub tls: TlsSetup,
+    pub s2s: s2s::S2s,
     connections: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -98,6 +100,15 @@ impl ServerState {
     }
 }
 
+/// What a listener accepts.
+#[derive(Clone, Copy, Debug)]
+enum Listener {
+    C2s,
+    C2sTls,
+    S2s,
+    S2sTls,
+}
+
 /// A running server.
 pub struct Server {
     pub state: Arc<ServerState>,
@@ -106,6 +117,9 @@ pub struct Server {
     pub c2s_tls_addrs: Vec<SocketAddr>,
     /// Bound HTTP listeners (WebSocket, BOSH, host-meta, web chat).
     pub http_addrs: Vec<SocketAddr>,
+    /// Bound addresses: (s2s STARTTLS, s2s direct TLS).
+    pub s2s_addrs: Vec<SocketAddr>,
+    pub s2s_tls_addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     /// Every connection task holds a clone; shutdown waits until all are dropped.
     alive_tx: mpsc::Sender<()>,
@@ -130,27 +144,33 @@ impl Server {
             store,
             registry,
             tls,
+            s2s: s2s::S2s::new(),
             connections: Mutex::new(HashMap::new()),
         });
         state.registry.run_start(&state);
         let (shutdown, _) = watch::channel(false);
         let (alive_tx, alive_rx) = mpsc::channel(1);
+        state
+            .s2s
+            .attach(&state, shutdown.subscribe(), alive_tx.clone());
         let mut server = Server {
             state: state.clone(),
             c2s_addrs: Vec::new(),
             c2s_tls_addrs: Vec::new(),
             http_addrs: Vec::new(),
+            s2s_addrs: Vec::new(),
+            s2s_tls_addrs: Vec::new(),
             shutdown,
             alive_tx,
             alive_rx,
             tasks: Vec::new(),
         };
         for addr in config::parse_addrs(&state.config.c2s.listen)? {
-            let bound = server.listen(addr, false).await?;
+            let bound = server.listen(addr, Listener::C2s).await?;
             server.c2s_addrs.push(bound);
         }
         for addr in config::parse_addrs(&state.config.c2s.direct_tls_listen)? {
-            let bound = server.listen(addr, true).await?;
+            let bound = server.listen(addr, Listener::C2sTls).await?;
             server.c2s_tls_addrs.push(bound);
         }
         // Every HTTP task holds an `alive` clone, so shutdown waits for them as for c2s.
@@ -168,6 +188,14 @@ impl Server {
             server.tasks.push(task);
         }
         drop(web);
+        for addr in config::parse_addrs(&state.config.s2s.listen)? {
+            let bound = server.listen(addr, Listener::S2s).await?;
+            server.s2s_addrs.push(bound);
+        }
+        for addr in config::parse_addrs(&state.config.s2s.direct_tls_listen)? {
+            let bound = server.listen(addr, Listener::S2sTls).await?;
+            server.s2s_tls_addrs.push(bound);
+        }
         let control = control::start(state.clone(), server.shutdown.subscribe())
             .await
             .map_err(StartError::Control)?;
@@ -177,16 +205,14 @@ impl Server {
             c2s = ?server.c2s_addrs,
             c2s_tls = ?server.c2s_tls_addrs,
             http = ?server.http_addrs,
+            s2s = ?server.s2s_addrs,
+            s2s_tls = ?server.s2s_tls_addrs,
             "Starling started"
         );
         Ok(server)
     }
 
-    async fn listen(
-        &mut self,
-        addr: SocketAddr,
-        direct_tls: bool,
-    ) -> Result<SocketAddr, StartError> {
+    async fn listen(&mut self, addr: SocketAddr, kind: Listener) -> Result<SocketAddr, StartError> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
@@ -220,7 +246,16 @@ impl Server {
                 let shutdown = shutdown.clone();
                 let alive = alive.clone();
                 tokio::spawn(async move {
-                    c2s::serve(state, tcp, peer, direct_tls, shutdown).await;
+                    match kind {
+                        Listener::C2s => c2s::serve(state, tcp, peer, false, shutdown).await,
+                        Listener::C2sTls => c2s::serve(state, tcp, peer, true, shutdown).await,
+                        Listener::S2s => {
+                            s2s::incoming::serve(state, tcp, peer, false, shutdown).await
+                        }
+                        Listener::S2sTls => {
+                            s2s::incoming::serve(state, tcp, peer, true, shutdown).await
+                        }
+                    }
                     drop(guard);
                     drop(alive);
                 });
@@ -234,6 +269,7 @@ impl Server {
     pub async fn shutdown(mut self) {
         tracing::info!("shutting down");
         let _ = self.shutdown.send(true);
+        self.state.s2s.detach();
         drop(self.alive_tx);
         let wait = async { while self.alive_rx.recv().await.is_some() {} };
         if tokio::time::timeout(std::time::Duration::from_secs(10), wait)

@@ -25,6 +25,10 @@ pub const FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
 pub const HTTPBIND: &str = "http://jabber.org/protocol/httpbind";
 /// XEP-0206 attributes on the BOSH body (`xmpp:version`, `xmpp:restart`).
 pub const XBOSH: &str = "urn:xmpp:xbosh";
+/// XEP-0220 dialback elements (`db:` prefix on the wire).
+pub const DIALBACK: &str = "jabber:server:dialback";
+/// XEP-0220 stream feature advertising dialback (with `<errors/>` support).
+pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
 pub const ROSTER: &str = "jabber:iq:roster";
 pub const ROSTER_VER: &str = "urn:xmpp:features:rosterver";
 pub const PRE_APPROVAL: &str = "urn:xmpp:features:pre-approval";

@@ -39,6 +39,7 @@ pub fn register_all(reg: &mut Registry, config: &Config) {
     version::register(reg);
     session::register(reg);
     register::register(reg, config);
+    crate::s2s::register(reg);
     crate::im::register(reg, config);
     vcard::register(reg);
     private::register(reg);
