@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod datetime;
 pub mod forms;
+pub mod http;
 pub mod im;
 pub mod module;
 pub mod muc;
@@ -134,6 +135,8 @@ pub struct Server {
     /// Bound addresses: (c2s STARTTLS, c2s direct TLS).
     pub c2s_addrs: Vec<SocketAddr>,
     pub c2s_tls_addrs: Vec<SocketAddr>,
+    /// Bound HTTP listeners (WebSocket, BOSH, host-meta, web chat).
+    pub http_addrs: Vec<SocketAddr>,
     /// Bound addresses: (s2s STARTTLS, s2s direct TLS).
     pub s2s_addrs: Vec<SocketAddr>,
     pub s2s_tls_addrs: Vec<SocketAddr>,
@@ -163,6 +166,7 @@ impl Server {
             state: state.clone(),
             c2s_addrs: Vec::new(),
             c2s_tls_addrs: Vec::new(),
+            http_addrs: Vec::new(),
             s2s_addrs: Vec::new(),
             s2s_tls_addrs: Vec::new(),
             shutdown,
@@ -178,6 +182,21 @@ impl Server {
             let bound = server.listen(addr, Listener::C2sTls).await?;
             server.c2s_tls_addrs.push(bound);
         }
+        // Every HTTP task holds an `alive` clone, so shutdown waits for them as for c2s.
+        let web = http::Http::new(
+            state.clone(),
+            server.shutdown.subscribe(),
+            server.alive_tx.clone(),
+        );
+        for addr in config::parse_addrs(&state.config.http.listen)? {
+            let (bound, task) = web
+                .listen(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?;
+            server.http_addrs.push(bound);
+            server.tasks.push(task);
+        }
+        drop(web);
         for addr in config::parse_addrs(&state.config.s2s.listen)? {
             let bound = server.listen(addr, Listener::S2s).await?;
             server.s2s_addrs.push(bound);
@@ -194,6 +213,7 @@ impl Server {
             domain = %state.config.domain,
             c2s = ?server.c2s_addrs,
             c2s_tls = ?server.c2s_tls_addrs,
+            http = ?server.http_addrs,
             s2s = ?server.s2s_addrs,
             s2s_tls = ?server.s2s_tls_addrs,
             "Starling started"

@@ -19,6 +19,12 @@ pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 pub const DATA_FORMS: &str = "jabber:x:data";
 pub const DELAY: &str = "urn:xmpp:delay";
+/// RFC 7395 WebSocket framing (`<open/>`, `<close/>`).
+pub const FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
+/// XEP-0124 BOSH body wrapper.
+pub const HTTPBIND: &str = "http://jabber.org/protocol/httpbind";
+/// XEP-0206 attributes on the BOSH body (`xmpp:version`, `xmpp:restart`).
+pub const XBOSH: &str = "urn:xmpp:xbosh";
 /// XEP-0220 dialback elements (`db:` prefix on the wire).
 pub const DIALBACK: &str = "jabber:server:dialback";
 /// XEP-0220 stream feature advertising dialback (with `<errors/>` support).

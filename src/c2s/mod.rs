@@ -3,7 +3,7 @@
 
 mod csi;
 pub mod sm;
-mod stream;
+pub mod stream;
 
 use crate::ns;
 use crate::router;
@@ -53,6 +53,28 @@ pub async fn serve(
                 return;
             }
         }
+        run(server, conn, shutdown).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// Serves a stream over an HTTP transport (WebSocket, BOSH) to completion.
+pub async fn serve_framed(
+    server: Arc<ServerState>,
+    end: stream::Framed,
+    peer: SocketAddr,
+    transport: &'static str,
+    shutdown: watch::Receiver<bool>,
+) {
+    let span = tracing::info_span!("c2s", %peer, transport, jid = tracing::field::Empty);
+    let conn = Conn::framed(&server, end, peer);
+    run(server, conn, shutdown).instrument(span).await
+}
+
+/// Negotiation, then the session, on a prepared connection.
+async fn run(server: Arc<ServerState>, mut conn: Conn, shutdown: watch::Receiver<bool>) {
+    {
         let mut shutdown = shutdown;
         let auth_timeout = Duration::from_secs(server.config.limits.auth_timeout_secs);
         let mut authenticated = None;
@@ -127,8 +149,6 @@ pub async fn serve(
             }
         }
     }
-    .instrument(span)
-    .await
 }
 
 /// Stream negotiation, from the first header to a bound resource.
@@ -154,7 +174,7 @@ async fn negotiate(
         loop {
             let el = conn.expect_element().await?;
             match (authenticated.as_ref(), el.ns(), el.name()) {
-                (None, ns::TLS, "starttls") if !conn.is_tls() => {
+                (None, ns::TLS, "starttls") if conn.can_starttls() => {
                     conn.send(&Element::new("proceed", ns::TLS)).await?;
                     conn.start_tls_after_proceed(server).await?;
                     continue 'stream;
@@ -293,7 +313,7 @@ fn features(
         }
         return f;
     }
-    if !conn.is_tls() {
+    if conn.can_starttls() {
         let mut tls = Element::new("starttls", ns::TLS);
         if server.config.c2s.require_encryption {
             tls.push(Element::new("required", ns::TLS));

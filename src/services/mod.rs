@@ -25,6 +25,19 @@ pub fn register_all(reg: &mut Registry, config: &Config) {
     reg.spec("0368", "1.1.0", "SRV records for XMPP over TLS");
     reg.spec("0440", "0.4.1", "SASL Channel-Binding Type Capability");
     crate::c2s::register(reg);
+    // Web transports, implemented in src/http/ next to the HTTP listener.
+    reg.spec("RFC 7395", "rfc", "XMPP Subprotocol for WebSocket");
+    reg.spec(
+        "0124",
+        "1.11.2",
+        "Bidirectional-streams Over Synchronous HTTP (BOSH)",
+    );
+    reg.spec("0206", "1.4", "XMPP Over BOSH");
+    reg.spec(
+        "0156",
+        "1.4.0",
+        "Discovering Alternative XMPP Connection Methods",
+    );
     disco::register(reg, config);
     ping::register(reg);
     version::register(reg);
