@@ -181,13 +181,14 @@ async fn negotiate(
                 }
                 (None, ns::SASL, "auth") if !offered.is_empty() => {
                     match authenticate(server, conn, &el, &offered).await? {
-                        Some(bare) => {
+                        AuthOutcome::Success(bare) => {
                             tracing::info!(user = %bare, "authenticated");
                             *authenticated = Some(bare);
                             conn.restart();
                             continue 'stream;
                         }
-                        None => {
+                        AuthOutcome::Refused => {}
+                        AuthOutcome::WrongCredentials => {
                             failures += 1;
                             if failures >= server.config.limits.max_auth_attempts {
                                 return Err(C2sError::Stream(
@@ -378,12 +379,23 @@ fn lookup(server: &ServerState, username: &str) -> Lookup {
 
 /// Runs one SASL exchange (RFC 6120 §6.4). `Ok(None)` is a failed attempt the client
 /// may retry; the failure has been sent.
+/// How one SASL exchange ended.
+enum AuthOutcome {
+    Success(BareJid),
+    /// Refused before any credentials were consulted (unknown mechanism or channel-binding
+    /// type, bad encoding): not a password guess, so neither delayed nor counted. COMPAT:
+    /// slixmpp on TLS 1.2 tries `p=tls-unique` on each -PLUS mechanism before falling back.
+    Refused,
+    /// Credentials were checked and did not match (or the account cannot log in).
+    WrongCredentials,
+}
+
 async fn authenticate(
     server: &ServerState,
     conn: &mut Conn,
     auth: &Element,
     offered: &[&'static str],
-) -> Result<Option<BareJid>, C2sError> {
+) -> Result<AuthOutcome, C2sError> {
     let mechanism = auth.attr("mechanism").unwrap_or("");
     let mut session = match ServerSession::start(
         mechanism,
@@ -395,32 +407,36 @@ async fn authenticate(
         Err(f) => {
             tracing::info!(mechanism, "SASL mechanism refused");
             conn.send(&sasl_failure(f, None)).await?;
-            return Ok(None);
+            return Ok(AuthOutcome::Refused);
         }
     };
+    let mut consulted = false;
     let initial = auth.text();
     let mut input = if initial.trim().is_empty() {
         // No initial response: ask for it with an empty challenge.
         conn.send(&Element::new("challenge", ns::SASL)).await?;
         match next_sasl_response(conn).await? {
             Ok(data) => data,
-            Err(f) => return fail(server, conn, f, None).await,
+            Err(f) => return fail(server, conn, f, None, consulted).await,
         }
     } else {
         match decode_sasl(&initial) {
             Ok(data) => data,
-            Err(()) => return fail(server, conn, Failure::IncorrectEncoding, None).await,
+            Err(()) => return fail(server, conn, Failure::IncorrectEncoding, None, false).await,
         }
     };
     loop {
-        let step = session.step(&input, &mut |user| lookup(server, user));
+        let step = session.step(&input, &mut |user| {
+            consulted = true;
+            lookup(server, user)
+        });
         match step {
             Step::Challenge(data) => {
                 conn.send(&Element::new("challenge", ns::SASL).with_text(B64.encode(data)))
                     .await?;
                 input = match next_sasl_response(conn).await? {
                     Ok(data) => data,
-                    Err(f) => return fail(server, conn, f, None).await,
+                    Err(f) => return fail(server, conn, f, None, consulted).await,
                 };
             }
             Step::Success {
@@ -429,16 +445,16 @@ async fn authenticate(
             } => {
                 let bare = match BareJid::new(&format!("{username}@{}", server.config.domain)) {
                     Ok(b) => b,
-                    Err(_) => return fail(server, conn, Failure::NotAuthorized, None).await,
+                    Err(_) => return fail(server, conn, Failure::NotAuthorized, None, true).await,
                 };
                 let mut success = Element::new("success", ns::SASL);
                 if !additional_data.is_empty() {
                     success.push_text(B64.encode(additional_data));
                 }
                 conn.send(&success).await?;
-                return Ok(Some(bare));
+                return Ok(AuthOutcome::Success(bare));
             }
-            Step::Failure(f, text) => return fail(server, conn, f, text).await,
+            Step::Failure(f, text) => return fail(server, conn, f, text, consulted).await,
         }
     }
 }
@@ -448,9 +464,10 @@ async fn fail(
     conn: &mut Conn,
     failure: Failure,
     text: Option<String>,
-) -> Result<Option<BareJid>, C2sError> {
+    consulted: bool,
+) -> Result<AuthOutcome, C2sError> {
     tracing::info!(condition = failure.condition(), "authentication failed");
-    if failure != Failure::Aborted {
+    if consulted && failure != Failure::Aborted {
         // Slows password guessing down; the connection holds nothing else meanwhile.
         tokio::time::sleep(Duration::from_millis(
             server.config.limits.auth_failure_delay_ms,
@@ -458,7 +475,11 @@ async fn fail(
         .await;
     }
     conn.send(&sasl_failure(failure, text)).await?;
-    Ok(None)
+    Ok(if consulted && failure != Failure::Aborted {
+        AuthOutcome::WrongCredentials
+    } else {
+        AuthOutcome::Refused
+    })
 }
 
 /// Reads the client's `<response/>` (or `<abort/>`).
