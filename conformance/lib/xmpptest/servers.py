@@ -189,17 +189,45 @@ class Server:
 class StarlingServer(Server):
     kind = "starling"
 
-    def __init__(self, binary: str | os.PathLike, **kw):
+    def __init__(self, binary: str | os.PathLike, *, admins: tuple[str, ...] = (),
+                 extra_config: str = "", **kw):
         super().__init__(**kw)
         self.binary = str(Path(binary).resolve())
         self.config_path: Path | None = None
+        self.admins = tuple(admins)  # bare JIDs written to `admins`
+        self.extra_config = extra_config  # TOML appended to the generated config (after the
+        #                                   [http] table: start it with a table header)
+
+    def restart(self) -> "StarlingServer":
+        """Stop the process (SIGTERM) and start it again on the same directory, data and
+        ports: what persists across a restart is what the server stored."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        argv = [self.binary, "--config", str(self.config_path), "serve"]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.dir, env=self._env(), start_new_session=True)
+        log.close()
+        _RUNNING.add(self)
+        self._wait_ready()
+        return self
 
     def _write_config(self) -> list[str]:
         self.config_path = self.dir / "starling.toml"
         self.config_path.write_text(textwrap.dedent(f"""\
             domain = "{self.domain}"
             data_dir = "{self.dir / 'data'}"
-            admins = []
+            admins = [{", ".join(f'"{a}"' for a in self.admins)}]
 
             [c2s]
             listen = ["{LOOPBACK}:{self.c2s_port}"]
@@ -212,7 +240,7 @@ class StarlingServer(Server):
 
             [http]
             listen = []
-            """))
+            """) + (self.extra_config + "\n" if self.extra_config else ""))
         return [self.binary, "--config", str(self.config_path), "serve"]
 
     def _env(self) -> dict[str, str]:
