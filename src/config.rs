@@ -35,6 +35,36 @@ pub struct Config {
     pub http: HttpConfig,
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
+    pub im: ImConfig,
+}
+
+/// Instant-messaging limits (RFC 6121 and the per-user services).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImConfig {
+    /// Most items in one roster; adding more is refused with `not-allowed`.
+    pub max_roster_items: usize,
+    /// Messages stored for one offline user; past this the sender gets
+    /// `service-unavailable` (XEP-0160).
+    pub offline_quota: usize,
+    /// Largest vCard (XEP-0054), in bytes of XML; bigger ones get `not-acceptable`.
+    pub max_vcard_bytes: usize,
+    /// Private XML storage (XEP-0049) per user, in bytes.
+    pub max_private_bytes: usize,
+    /// Most JIDs on one blocklist (XEP-0191).
+    pub max_blocklist_items: usize,
+}
+
+impl Default for ImConfig {
+    fn default() -> Self {
+        ImConfig {
+            max_roster_items: 1000,
+            offline_quota: 500,
+            max_vcard_bytes: 200 * 1024,
+            max_private_bytes: 256 * 1024,
+            max_blocklist_items: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +149,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
+            im: ImConfig::default(),
         }
     }
 }

@@ -7,7 +7,10 @@ pub mod accounts;
 pub mod c2s;
 pub mod config;
 pub mod control;
+pub mod datetime;
+pub mod im;
 pub mod module;
+pub mod muc;
 pub mod net;
 pub mod ns;
 pub mod router;
@@ -116,13 +119,17 @@ impl Server {
         let mut registry = Registry::default();
         services::register_all(&mut registry, &config);
         let state = Arc::new(ServerState {
-            sessions: Sessions::new(config.limits.session_queue),
+            // A login flushes up to a full offline store into the new session at once, so
+            // the queue has room for that on top of the stalled-reader allowance. tokio
+            // allocates channel blocks lazily: the bound costs nothing until it is used.
+            sessions: Sessions::new(config.limits.session_queue + config.im.offline_quota),
             config,
             store,
             registry,
             tls,
             connections: Mutex::new(HashMap::new()),
         });
+        state.registry.run_start(&state);
         let (shutdown, _) = watch::channel(false);
         let (alive_tx, alive_rx) = mpsc::channel(1);
         let mut server = Server {

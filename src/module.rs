@@ -11,6 +11,7 @@ use crate::xml::Element;
 use crate::ServerState;
 use jid::{BareJid, Jid};
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IqKind {
@@ -65,12 +66,57 @@ type IqFn = Box<dyn Fn(&IqRequest<'_>, &Element) -> IqResult + Send + Sync>;
 type SessionHook = Box<dyn Fn(&ServerState, &Jid) + Send + Sync>;
 type AccountHook = Box<dyn Fn(&Store, &BareJid) + Send + Sync>;
 type DomainFn = Box<dyn Fn(&ServerState, Element) + Send + Sync>;
+type StartHook = Box<dyn Fn(&Arc<ServerState>) + Send + Sync>;
 /// Stores a message for an account with no available resource, or says why it cannot.
 pub type OfflineFn = Box<dyn Fn(&ServerState, &Element) -> Result<(), StanzaError> + Send + Sync>;
 /// Presence addressed to an account's bare JID (subscriptions, probes, directed presence).
 pub type PresenceToAccountFn = Box<dyn Fn(&ServerState, &BareJid, Element) + Send + Sync>;
 /// A session's broadcast presence, after the server recorded it.
-pub type PresenceBroadcastFn = Box<dyn Fn(&ServerState, &SessionHandle, &Element) + Send + Sync>;
+pub type PresenceBroadcastFn = Box<dyn Fn(&ServerState, &PresenceEvent<'_>) + Send + Sync>;
+/// Presence a session addressed to someone (directed presence, subscription stanzas):
+/// returns what is to be routed, or `None` when the module consumed it.
+pub type PresenceOutboundFn =
+    Box<dyn Fn(&ServerState, &SessionHandle, Element) -> Option<Element> + Send + Sync>;
+type AvailableHook = Box<dyn Fn(&ServerState, &SessionHandle, &Element) + Send + Sync>;
+type FilterFn = Box<dyn Fn(&ServerState, &Filtered<'_>) -> Verdict + Send + Sync>;
+type DeliveredHook = Box<dyn Fn(&ServerState, &BareJid, &Element, &[u64]) + Send + Sync>;
+type SentHook = Box<dyn Fn(&ServerState, &SessionHandle, &Element) + Send + Sync>;
+
+/// A change of a session's broadcast presence.
+pub struct PresenceEvent<'a> {
+    pub handle: &'a SessionHandle,
+    /// The presence as broadcast (`from` stamped; type unavailable when going away).
+    pub presence: &'a Element,
+    /// The resource was available before this presence.
+    pub was_available: bool,
+    /// Directed-presence recipients, handed over when the resource goes unavailable.
+    pub directed: Vec<Jid>,
+}
+
+/// A stanza on its way through the router, for filters (blocking).
+pub enum Filtered<'a> {
+    /// Sent by one of a local user's sessions, to `to` (already parsed).
+    Outbound {
+        handle: &'a SessionHandle,
+        to: &'a Jid,
+        stanza: &'a Element,
+    },
+    /// About to be delivered to a local account (or stored for it).
+    Inbound {
+        from: &'a Jid,
+        to: &'a BareJid,
+        stanza: &'a Element,
+    },
+}
+
+/// What a filter decides.
+pub enum Verdict {
+    Pass,
+    /// Dropped on purpose (the spec says so: blocked presence, for instance).
+    Drop,
+    /// Refused: the sender gets this error (never for errors themselves).
+    Bounce(StanzaError),
+}
 
 /// A XEP (or RFC) a module implements, for the catalogue in `xep/` and disco.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,9 +144,16 @@ pub struct Registry {
     session_end: Vec<SessionHook>,
     account_removed: Vec<AccountHook>,
     domains: HashMap<String, DomainFn>,
+    start: Vec<StartHook>,
     offline: Option<OfflineFn>,
     presence_to_account: Option<PresenceToAccountFn>,
     presence_broadcast: Option<PresenceBroadcastFn>,
+    presence_outbound: Option<PresenceOutboundFn>,
+    available: Vec<AvailableHook>,
+    filters: Vec<FilterFn>,
+    delivered: Vec<DeliveredHook>,
+    sent: Vec<SentHook>,
+    stream_features: Vec<Element>,
 }
 
 impl Registry {
@@ -171,6 +224,18 @@ impl Registry {
         self.domains.insert(domain.into(), Box::new(f));
     }
 
+    /// Called once the server state exists, before any listener accepts: for modules
+    /// that run tasks of their own (MUC rooms) and need a handle on the server.
+    pub fn on_start(&mut self, f: impl Fn(&Arc<ServerState>) + Send + Sync + 'static) {
+        self.start.push(Box::new(f));
+    }
+
+    pub(crate) fn run_start(&self, server: &Arc<ServerState>) {
+        for hook in &self.start {
+            hook(server);
+        }
+    }
+
     pub fn set_offline(
         &mut self,
         f: impl Fn(&ServerState, &Element) -> Result<(), StanzaError> + Send + Sync + 'static,
@@ -187,9 +252,50 @@ impl Registry {
 
     pub fn set_presence_broadcast(
         &mut self,
-        f: impl Fn(&ServerState, &SessionHandle, &Element) + Send + Sync + 'static,
+        f: impl Fn(&ServerState, &PresenceEvent<'_>) + Send + Sync + 'static,
     ) {
         self.presence_broadcast = Some(Box::new(f));
+    }
+
+    pub fn set_presence_outbound(
+        &mut self,
+        f: impl Fn(&ServerState, &SessionHandle, Element) -> Option<Element> + Send + Sync + 'static,
+    ) {
+        self.presence_outbound = Some(Box::new(f));
+    }
+
+    /// Called after a session's initial presence was broadcast (in registration order):
+    /// pending subscription requests, offline messages.
+    pub fn on_available(
+        &mut self,
+        f: impl Fn(&ServerState, &SessionHandle, &Element) + Send + Sync + 'static,
+    ) {
+        self.available.push(Box::new(f));
+    }
+
+    /// A filter every stanza from a session, and every stanza for a local account,
+    /// passes through; the first verdict other than `Pass` wins.
+    pub fn filter(
+        &mut self,
+        f: impl Fn(&ServerState, &Filtered<'_>) -> Verdict + Send + Sync + 'static,
+    ) {
+        self.filters.push(Box::new(f));
+    }
+
+    /// Called after a message was handed to some of an account's sessions (their ids).
+    pub fn on_message_delivered(
+        &mut self,
+        f: impl Fn(&ServerState, &BareJid, &Element, &[u64]) + Send + Sync + 'static,
+    ) {
+        self.delivered.push(Box::new(f));
+    }
+
+    /// Called for every message a session sends, before it is routed.
+    pub fn on_message_sent(
+        &mut self,
+        f: impl Fn(&ServerState, &SessionHandle, &Element) + Send + Sync + 'static,
+    ) {
+        self.sent.push(Box::new(f));
     }
 
     pub fn has_domain(&self, domain: &str) -> bool {
@@ -217,6 +323,53 @@ impl Registry {
 
     pub(crate) fn presence_broadcast_hook(&self) -> Option<&PresenceBroadcastFn> {
         self.presence_broadcast.as_ref()
+    }
+
+    pub(crate) fn presence_outbound_hook(&self) -> Option<&PresenceOutboundFn> {
+        self.presence_outbound.as_ref()
+    }
+
+    pub(crate) fn run_available(&self, server: &ServerState, h: &SessionHandle, p: &Element) {
+        for hook in &self.available {
+            hook(server, h, p);
+        }
+    }
+
+    pub(crate) fn run_filters(&self, server: &ServerState, f: &Filtered<'_>) -> Verdict {
+        for filter in &self.filters {
+            match filter(server, f) {
+                Verdict::Pass => {}
+                other => return other,
+            }
+        }
+        Verdict::Pass
+    }
+
+    pub(crate) fn run_delivered(
+        &self,
+        server: &ServerState,
+        to: &BareJid,
+        m: &Element,
+        ids: &[u64],
+    ) {
+        for hook in &self.delivered {
+            hook(server, to, m, ids);
+        }
+    }
+
+    pub(crate) fn run_sent(&self, server: &ServerState, h: &SessionHandle, m: &Element) {
+        for hook in &self.sent {
+            hook(server, h, m);
+        }
+    }
+
+    /// A stream feature offered to authenticated clients (roster versioning...).
+    pub fn stream_feature(&mut self, feature: Element) {
+        self.stream_features.push(feature);
+    }
+
+    pub fn stream_features(&self) -> &[Element] {
+        &self.stream_features
     }
 
     pub fn server_features(&self) -> impl Iterator<Item = &'static str> + '_ {

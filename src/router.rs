@@ -6,7 +6,7 @@
 //! messages to offline users, handed to the offline-storage hook) — never dropped
 //! silently, except where the RFC says to ignore (errors, headlines to nobody).
 
-use crate::module::{IqKind, IqRequest, IqTarget};
+use crate::module::{Filtered, IqKind, IqRequest, IqTarget, PresenceEvent, Verdict};
 use crate::sessions::{Resource, SendError, SessionHandle};
 use crate::stanza::{error_reply, iq_result, Kind, StanzaError};
 use crate::xml::Element;
@@ -39,6 +39,66 @@ pub fn classify(server: &ServerState, to: &Jid) -> Destination {
     }
 }
 
+/// A stanza from a bound client session, `from` already stamped: outbound filters
+/// (blocking), the IM module's outbound presence processing (subscriptions, directed
+/// presence) and message hooks (carbons) run here, then the stanza is routed.
+pub fn from_client(server: &ServerState, handle: &SessionHandle, stanza: Element) {
+    let kind = Kind::of(&stanza);
+    let to = match stanza.attr("to").map(Jid::new) {
+        Some(Ok(to)) => Some(to),
+        Some(Err(_)) => return bounce(server, &stanza, StanzaError::jid_malformed()),
+        None => None,
+    };
+    if let Some(to) = &to {
+        let filtered = Filtered::Outbound {
+            handle,
+            to,
+            stanza: &stanza,
+        };
+        match server.registry.run_filters(server, &filtered) {
+            Verdict::Pass => {}
+            Verdict::Drop => return,
+            Verdict::Bounce(err) => {
+                // The error comes from the server, not from the addressee: the sender
+                // must not think the addressee answered.
+                if let Some(mut reply) = error_reply(&stanza, &err) {
+                    reply.set_attr("from", to.as_str());
+                    let _ = send_or_fallback(server, handle, reply, true);
+                }
+                return;
+            }
+        }
+    }
+    let stanza = match kind {
+        Some(Kind::Presence) if to.is_some() => match server.registry.presence_outbound_hook() {
+            Some(hook) => match hook(server, handle, stanza) {
+                Some(s) => s,
+                None => return,
+            },
+            None => stanza,
+        },
+        Some(Kind::Message) => {
+            server.registry.run_sent(server, handle, &stanza);
+            stanza
+        }
+        _ => stanza,
+    };
+    route(server, stanza)
+}
+
+/// Inbound filters for a stanza about to reach a local account; false when it must not.
+fn inbound_allowed(server: &ServerState, from: &Jid, to: &BareJid, stanza: &Element) -> bool {
+    let filtered = Filtered::Inbound { from, to, stanza };
+    match server.registry.run_filters(server, &filtered) {
+        Verdict::Pass => true,
+        Verdict::Drop => false,
+        Verdict::Bounce(err) => {
+            bounce(server, stanza, err);
+            false
+        }
+    }
+}
+
 /// Routes a stanza whose `from` is already trustworthy.
 pub fn route(server: &ServerState, stanza: Element) {
     let Some(kind) = Kind::of(&stanza) else {
@@ -64,8 +124,16 @@ pub fn route(server: &ServerState, stanza: Element) {
     };
     match classify(server, &to) {
         Destination::Server => to_server(server, kind, &from, &to, stanza),
-        Destination::LocalBare(bare) => to_bare(server, kind, &from, bare, stanza),
-        Destination::LocalFull(full) => to_full(server, kind, &from, full, stanza),
+        Destination::LocalBare(bare) => {
+            if inbound_allowed(server, &from, &bare, &stanza) {
+                to_bare(server, kind, &from, bare, stanza)
+            }
+        }
+        Destination::LocalFull(full) => {
+            if inbound_allowed(server, &from, &full.to_bare(), &stanza) {
+                to_full(server, kind, &from, full, stanza)
+            }
+        }
         Destination::Service(domain) => server.registry.deliver_to_domain(server, &domain, stanza),
         Destination::Remote(domain) => {
             tracing::debug!(%domain, "no route to remote domain");
@@ -132,8 +200,11 @@ fn to_bare(server: &ServerState, kind: Kind, from: &Jid, bare: BareJid, stanza: 
 }
 
 /// Our choice among RFC 6121 §8.5.2.1.1's options: a chat or normal message goes to every
-/// available resource sharing the highest non-negative priority (carbons then copy it to
-/// the rest); a headline goes to all non-negative resources.
+/// available resource sharing the highest non-negative priority (so two equal desktops
+/// both ring; carbons then copy it to the rest); a headline goes to all non-negative
+/// resources. Resources with negative priority never get bare-JID messages (§8.5.2.1.1);
+/// when only those are online, the message is stored offline as if nobody were.
+/// Groupchat to a bare JID is service-unavailable; errors are dropped (never answered).
 fn message_to_bare(server: &ServerState, bare: &BareJid, stanza: Element) {
     let ty = stanza.attr("type").unwrap_or("normal");
     let resources: Vec<Resource> = server
@@ -146,6 +217,7 @@ fn message_to_bare(server: &ServerState, bare: &BareJid, stanza: Element) {
         "error" => {}
         "groupchat" => bounce(server, &stanza, StanzaError::service_unavailable()),
         "headline" => {
+            // RFC 6121 §8.5.2.1.1: a headline nobody can take is silently ignored.
             for r in &resources {
                 let _ = send_or_fallback(server, &r.handle, stanza.clone(), false);
             }
@@ -154,8 +226,16 @@ fn message_to_bare(server: &ServerState, bare: &BareJid, stanza: Element) {
             let Some(top) = resources.iter().map(|r| r.priority).max() else {
                 return offline(server, stanza);
             };
+            let mut delivered = Vec::new();
             for r in resources.iter().filter(|r| r.priority == top) {
-                let _ = send_or_fallback(server, &r.handle, stanza.clone(), false);
+                if send_or_fallback(server, &r.handle, stanza.clone(), false) {
+                    delivered.push(r.handle.id);
+                }
+            }
+            if !delivered.is_empty() {
+                server
+                    .registry
+                    .run_delivered(server, bare, &stanza, &delivered);
             }
         }
     }
@@ -187,24 +267,39 @@ pub fn offline(server: &ServerState, stanza: Element) {
 
 /// RFC 6121 §8.5.3.
 fn to_full(server: &ServerState, kind: Kind, from: &Jid, full: FullJid, stanza: Element) {
+    let ty = stanza.attr("type").unwrap_or("");
+    // Subscription stanzas and probes concern the account, whatever resource they name
+    // (RFC 6121 §3.1.3, §4.3.2): the IM module handles them at the bare JID.
+    if kind == Kind::Presence
+        && matches!(
+            ty,
+            "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" | "probe"
+        )
+    {
+        return to_bare(server, kind, from, full.to_bare(), stanza);
+    }
     if let Some(res) = server.sessions.get(&full) {
-        let _ = send_or_fallback(server, &res.handle, stanza, false);
+        let is_message = kind == Kind::Message;
+        let copy = is_message.then(|| stanza.clone());
+        if send_or_fallback(server, &res.handle, stanza, false) {
+            if let Some(m) = copy {
+                server
+                    .registry
+                    .run_delivered(server, &full.to_bare(), &m, &[res.handle.id]);
+            }
+        }
         return;
     }
     // §8.5.3.2: no such resource.
-    let ty = stanza.attr("type").unwrap_or("");
     match kind {
         Kind::Message => match ty {
             "error" | "headline" => {}
             "groupchat" => bounce(server, &stanza, StanzaError::service_unavailable()),
             _ => to_bare(server, kind, from, full.to_bare(), stanza),
         },
-        Kind::Presence => match ty {
-            "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" => {
-                to_bare(server, kind, from, full.to_bare(), stanza)
-            }
-            _ => {}
-        },
+        // Available and unavailable presence for a resource that is gone is dropped
+        // (§8.5.3.2.2); the subscription types were handled above.
+        Kind::Presence => {}
         Kind::Iq => match ty {
             "get" | "set" => bounce(server, &stanza, StanzaError::service_unavailable()),
             _ => {}
@@ -329,16 +424,65 @@ pub fn broadcast_presence(server: &ServerState, handle: &SessionHandle, stanza: 
             )
         }
     };
-    server
+    let was_available = server
         .sessions
         .set_presence(handle, available.then_some(&stanza));
+    if !available && !was_available {
+        // Unavailable from a resource that never was available tells nobody anything,
+        // except those it sent directed presence to.
+        let directed = take_directed(server, handle);
+        announce(server, handle, &stanza, false, directed);
+        return;
+    }
     let bare = handle.jid.to_bare();
     for r in server.sessions.resources(&bare) {
         if r.available || r.handle.id == handle.id {
             let _ = send_or_fallback(server, &r.handle, stanza.clone(), true);
         }
     }
-    if let Some(hook) = server.registry.presence_broadcast_hook() {
-        hook(server, handle, &stanza);
+    let directed = if available {
+        Vec::new()
+    } else {
+        take_directed(server, handle)
+    };
+    announce(server, handle, &stanza, was_available, directed);
+    if available && !was_available {
+        server.registry.run_available(server, handle, &stanza);
+    }
+}
+
+fn take_directed(server: &ServerState, handle: &SessionHandle) -> Vec<Jid> {
+    server
+        .sessions
+        .update(&handle.jid, |r| std::mem::take(&mut r.directed))
+        .unwrap_or_default()
+}
+
+/// Hands a presence change to the IM module (contacts, directed-presence recipients).
+/// Without it, only unavailable goes to directed-presence recipients.
+pub fn announce(
+    server: &ServerState,
+    handle: &SessionHandle,
+    presence: &Element,
+    was_available: bool,
+    directed: Vec<Jid>,
+) {
+    match server.registry.presence_broadcast_hook() {
+        Some(hook) => hook(
+            server,
+            &PresenceEvent {
+                handle,
+                presence,
+                was_available,
+                directed,
+            },
+        ),
+        None => {
+            for to in directed {
+                let mut p = presence.clone();
+                p.set_attr("to", to.as_str());
+                route(server, p);
+            }
+        }
     }
 }

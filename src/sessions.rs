@@ -76,6 +76,13 @@ pub struct Resource {
     pub priority: i8,
     /// The last available presence broadcast by this resource (for probes).
     pub presence: Option<Element>,
+    /// Asked for the roster, so it gets roster pushes (RFC 6121 §2.1.6).
+    pub interested: bool,
+    /// Enabled message carbons (XEP-0280).
+    pub carbons: bool,
+    /// Who got directed presence from this resource without a subscription: they are
+    /// told when it goes unavailable (RFC 6121 §4.6.3). Usually empty.
+    pub directed: Vec<jid::Jid>,
 }
 
 impl Resource {
@@ -138,6 +145,9 @@ impl Sessions {
             available: false,
             priority: 0,
             presence: None,
+            interested: false,
+            carbons: false,
+            directed: Vec::new(),
         });
         (handle, SessionChannels { rx, control: crx })
     }
@@ -181,6 +191,17 @@ impl Sessions {
             }
         }
         was
+    }
+
+    /// Changes one resource in place; returns what `f` returned, or `None` if the
+    /// resource is not bound.
+    pub fn update<T>(&self, full: &FullJid, f: impl FnOnce(&mut Resource) -> T) -> Option<T> {
+        let bare = full.to_bare();
+        let mut shard = self.shard(&bare);
+        shard
+            .get_mut(&bare)
+            .and_then(|l| l.iter_mut().find(|r| &r.handle.jid == full))
+            .map(f)
     }
 
     pub fn resources(&self, bare: &BareJid) -> Vec<Resource> {

@@ -197,6 +197,9 @@ fn features(
         f.push(
             Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)),
         );
+        for feature in server.registry.stream_features() {
+            f.push(feature.clone());
+        }
         return f;
     }
     if !conn.is_tls() {
@@ -592,7 +595,7 @@ fn client_stanza(
             }
         }
     }
-    router::route(server, el);
+    router::from_client(server, handle, el);
     Ok(None)
 }
 
@@ -611,19 +614,21 @@ fn end_session(server: &ServerState, handle: &SessionHandle, channels: &mut Sess
         a.last_logout = Some(crate::store::now_secs())
     });
     // A session replaced by a newer one with the same resource did not go away for
-    // anyone else, so only a session that was still registered and available announces.
-    if removed.is_some_and(|r| r.available) {
+    // anyone else, so only a session that was still registered announces: to everyone
+    // if it was available, else only to those it sent directed presence.
+    if let Some(r) = removed.filter(|r| r.available || !r.directed.is_empty()) {
         let unavailable = Element::new("presence", ns::CLIENT)
             .with_attr("from", handle.jid.as_str())
             .with_attr("type", "unavailable");
-        for r in server.sessions.resources(&bare) {
-            if r.available {
-                let _ = router::send_or_fallback(server, &r.handle, unavailable.clone(), true);
+        if r.available {
+            for other in server.sessions.resources(&bare) {
+                if other.available {
+                    let _ =
+                        router::send_or_fallback(server, &other.handle, unavailable.clone(), true);
+                }
             }
         }
-        if let Some(hook) = server.registry.presence_broadcast_hook() {
-            hook(server, handle, &unavailable);
-        }
+        router::announce(server, handle, &unavailable, r.available, r.directed);
     }
     server
         .registry

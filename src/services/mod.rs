@@ -1,9 +1,15 @@
 //! Server services: each file is one XEP (or RFC feature), registered here.
 
+pub mod blocking;
+pub mod carbons;
 pub mod disco;
+pub mod last;
 pub mod ping;
+pub mod private;
 pub mod register;
 pub mod session;
+pub mod time;
+pub mod vcard;
 pub mod version;
 
 use crate::module::Registry;
@@ -20,4 +26,12 @@ pub fn register_all(reg: &mut Registry, config: &Config) {
     version::register(reg);
     session::register(reg);
     register::register(reg, config);
+    crate::im::register(reg, config);
+    vcard::register(reg);
+    private::register(reg);
+    blocking::register(reg);
+    carbons::register(reg);
+    last::register(reg);
+    time::register(reg);
+    crate::muc::register(reg, config);
 }

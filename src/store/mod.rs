@@ -1,9 +1,64 @@
 //! Persistent state behind one narrow, typed API. Handlers never see sled trees or byte
 //! keys, so a second backend (a shared SQL database for clusters) is a new file.
 
+mod blocking;
+mod offline;
+mod private;
+mod rooms;
+mod roster;
 mod sled_store;
+mod vcard;
+
+pub use offline::OfflineMessage;
+pub use rooms::{AffiliationRecord, RoomRecord};
+pub use roster::{RosterChange, RosterItem, RosterMeta, RosterUpdate};
 
 pub use sled_store::Store;
+pub use vcard::LastPresence;
+
+/// The sled trees holding instant-messaging data.
+#[derive(Clone)]
+pub(crate) struct ImTrees {
+    /// `user \0 contact` -> RosterItem; `user \0` -> RosterMeta.
+    roster: sled::Tree,
+    /// `user \0 big-endian id` -> serialised message, so a prefix scan yields arrival order.
+    offline: sled::Tree,
+    /// `user` -> vCard XML.
+    vcard: sled::Tree,
+    /// `user \0 namespace \0 name` -> private XML.
+    private: sled::Tree,
+    /// `user` -> blocked JIDs.
+    blocking: sled::Tree,
+    /// `user` -> last unavailable presence and when it was sent.
+    last_presence: sled::Tree,
+}
+
+impl ImTrees {
+    fn open(db: &sled::Db) -> Result<ImTrees, StoreError> {
+        Ok(ImTrees {
+            roster: db.open_tree("roster")?,
+            offline: db.open_tree("offline")?,
+            vcard: db.open_tree("vcard")?,
+            private: db.open_tree("private")?,
+            blocking: db.open_tree("blocking")?,
+            last_presence: db.open_tree("last_presence")?,
+        })
+    }
+}
+
+/// `user \0 rest`: every per-user key starts with the bare JID and a NUL, which no JID
+/// contains, so one user's prefix never matches another's.
+fn user_key(user: &str, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user.len() + 1 + rest.len());
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k.extend_from_slice(rest);
+    k
+}
+
+fn user_prefix(user: &str) -> Vec<u8> {
+    user_key(user, &[])
+}
 
 use crate::sasl::Credentials;
 use serde::{Deserialize, Serialize};

@@ -8,8 +8,11 @@ use std::path::Path;
 /// Cheap to clone: every clone shares the same database.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    pub(super) db: sled::Db,
     accounts: sled::Tree,
+    /// Instant-messaging data, one tree per kind (see roster.rs, offline.rs, ...).
+    pub(super) im: super::ImTrees,
+    pub(super) rooms: sled::Tree,
 }
 
 const META_SCHEMA: &[u8] = b"schema_version";
@@ -44,15 +47,25 @@ impl Store {
                 supported: SCHEMA_VERSION,
             });
         }
+        Self::with_trees(db)
+    }
+
+    fn with_trees(db: sled::Db) -> Result<Store, StoreError> {
         let accounts = db.open_tree("accounts")?;
-        Ok(Store { db, accounts })
+        let im = super::ImTrees::open(&db)?;
+        let rooms = db.open_tree("rooms")?;
+        Ok(Store {
+            db,
+            accounts,
+            im,
+            rooms,
+        })
     }
 
     /// A store in a fresh temporary directory (tests).
     pub fn temporary() -> Result<Store, StoreError> {
         let db = sled::Config::new().temporary(true).open()?;
-        let accounts = db.open_tree("accounts")?;
-        Ok(Store { db, accounts })
+        Self::with_trees(db)
     }
 
     pub fn schema_version(&self) -> Result<u32, StoreError> {

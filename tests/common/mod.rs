@@ -2,6 +2,8 @@
 //! raw XMPP client that speaks XML over TCP/TLS so tests can assert on exact stanzas.
 #![allow(dead_code)]
 
+pub mod muc;
+
 use base64::Engine;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -36,6 +38,19 @@ impl TestServer {
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in_with(dir, tweak).await
+    }
+
+    /// Starts a server on an existing data directory (restart tests: pair with
+    /// `stop_keep_dir`).
+    pub async fn start_in(dir: tempfile::TempDir) -> TestServer {
+        Self::start_in_with(dir, |_| {}).await
+    }
+
+    pub async fn start_in_with(
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let mut config = Config {
             data_dir: dir.path().to_owned(),
             ..Config::default()
@@ -54,6 +69,14 @@ impl TestServer {
             server: Some(server),
             dir,
         }
+    }
+
+    /// Stops the server and hands back its data directory instead of deleting it.
+    pub async fn stop_keep_dir(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        self.dir
     }
 
     pub fn state(&self) -> &starling::ServerState {
