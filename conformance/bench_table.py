@@ -34,7 +34,7 @@ def metrics(d, name):
     mem = load(d, name, "memory")
     cps = get(mem, "checkpoints") or []
     for cp in cps:
-        m[f"KiB per idle TLS session @ {cp['online']:,}"] = (cp.get("kib_per_session"), False)
+        m[f"KiB per idle TLS session @ {cp['checkpoint']:,}"] = (cp.get("kib_per_session"), False)
     m["sessions held"] = (get(mem, "online_after_hold"), True)
     chat = load(d, name, "chat")
     best = get(chat, "best")

@@ -1017,6 +1017,7 @@ async fn run_session(
     // Incoming sequence tracking, one per sender (one partner in 1:1, every occupant in MUC).
     let mut tracks: HashMap<u64, SeqTrack> = HashMap::new();
     let mut joined = false;
+    let mut join_attempts = 0u32;
     let mut present = 0usize;
     let mut header = String::new();
     match &role {
@@ -1028,10 +1029,7 @@ async fn run_session(
         Role::Muc { room, nick, .. } => {
             let sender_id: u64 = nick.trim_start_matches('u').parse().unwrap_or(0);
             header = format!("<message to='{room}' type='groupchat'><body>{sender_id} ");
-            cl.queue(&format!(
-                "<presence to='{room}/{nick}'><x xmlns='http://jabber.org/protocol/muc'>\
-                 <history maxstanzas='0'/></x></presence>"
-            ));
+            cl.queue(&join_presence(room, nick));
         }
     }
     let _ = jid;
@@ -1081,12 +1079,32 @@ async fn run_session(
                                 }
                             }
                             "presence" => {
-                                if let Role::Muc { occupants, .. } = &role {
+                                if let Role::Muc { occupants, room, nick } = &role {
                                     if el.attr("type") == Some("error") {
-                                        return Err("muc: join refused".into());
+                                        // A room another occupant just created stays locked
+                                        // until its owner configures it: try again shortly.
+                                        join_attempts += 1;
+                                        if join_attempts > 100 {
+                                            return Err("muc: join refused".into());
+                                        }
+                                        tokio::time::sleep(Duration::from_millis(100)).await;
+                                        cl.queue(&join_presence(room, nick));
+                                        continue;
                                     }
-                                    let is_muc = el.child("x", NS_MUC_USER).is_some();
-                                    if is_muc && el.attr("type").is_none() && !joined {
+                                    let Some(x) = el.child("x", NS_MUC_USER) else { continue };
+                                    let created = x.children().any(|c| {
+                                        c.name() == "status" && c.attr("code") == Some("201")
+                                    });
+                                    if created {
+                                        // We created the room: accept the default
+                                        // configuration (an instant room, XEP-0045 §10.1.2).
+                                        cl.queue(&format!(
+                                            "<iq type='set' to='{room}' id='cfg1'><query \
+                                             xmlns='http://jabber.org/protocol/muc#owner'>\
+                                             <x xmlns='jabber:x:data' type='submit'/></query></iq>"
+                                        ));
+                                    }
+                                    if el.attr("type").is_none() && !joined {
                                         present += 1;
                                         if present >= *occupants {
                                             joined = true;
@@ -1113,6 +1131,13 @@ async fn run_session(
     }
     stats.online.fetch_sub(1, Relaxed);
     let _ = cl.send("</stream:stream>").await;
+}
+
+fn join_presence(room: &str, nick: &str) -> String {
+    format!(
+        "<presence to='{room}/{nick}'><x xmlns='http://jabber.org/protocol/muc'>\
+         <history maxstanzas='0'/></x></presence>"
+    )
 }
 
 fn cl_label(role: &Role) -> &'static str {
