@@ -278,14 +278,14 @@ fn to_full(server: &ServerState, kind: Kind, from: &Jid, full: FullJid, stanza: 
     {
         return to_bare(server, kind, from, full.to_bare(), stanza);
     }
-    if let Some(res) = server.sessions.get(&full) {
+    if let Some(handle) = server.sessions.handle(&full) {
         let is_message = kind == Kind::Message;
         let copy = is_message.then(|| stanza.clone());
-        if send_or_fallback(server, &res.handle, stanza, false) {
+        if send_or_fallback(server, &handle, stanza, false) {
             if let Some(m) = copy {
                 server
                     .registry
-                    .run_delivered(server, &full.to_bare(), &m, &[res.handle.id]);
+                    .run_delivered(server, &full.to_bare(), &m, &[handle.id]);
             }
         }
         return;

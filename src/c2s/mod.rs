@@ -33,11 +33,15 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let span = tracing::info_span!("c2s", %peer, jid = tracing::field::Empty);
+    // This future lives as long as the connection, and its size is that of its largest
+    // await point. The handshake, negotiation and closing steps are big (TLS state,
+    // SASL, scratch buffers) but short-lived, so they are boxed: the heap holds them only
+    // while they run, and an established session carries only the session loop's state.
     async move {
         let _ = tcp.set_nodelay(true);
         let mut conn = Conn::new(&server, tcp, peer);
         if direct_tls {
-            if let Err(e) = conn.start_tls(&server).await {
+            if let Err(e) = Box::pin(conn.start_tls(&server)).await {
                 tracing::debug!("direct TLS handshake failed: {e}");
                 return;
             }
@@ -45,7 +49,7 @@ pub async fn serve(
         let mut shutdown = shutdown;
         let auth_timeout = Duration::from_secs(server.config.limits.auth_timeout_secs);
         let negotiated = tokio::select! {
-            r = tokio::time::timeout(auth_timeout, negotiate(&server, &mut conn)) => match r {
+            r = tokio::time::timeout(auth_timeout, Box::pin(negotiate(&server, &mut conn))) => match r {
                 Ok(r) => r,
                 Err(_) => Err(C2sError::Stream(StreamError::new("connection-timeout")
                     .with_text("authentication took too long"))),
@@ -54,7 +58,7 @@ pub async fn serve(
         };
         let (handle, channels) = match negotiated {
             Ok(bound) => bound,
-            Err(e) => return conn.finish(e).await,
+            Err(e) => return Box::pin(conn.finish(e)).await,
         };
         tracing::Span::current().record("jid", tracing::field::display(&handle.jid));
         tracing::info!("session started");
@@ -62,7 +66,7 @@ pub async fn serve(
         let result = session_loop(&server, &mut conn, &handle, &mut channels, &mut shutdown).await;
         end_session(&server, &handle, &mut channels);
         tracing::info!("session ended");
-        conn.finish(result.err().unwrap_or(C2sError::Closed)).await;
+        Box::pin(conn.finish(result.err().unwrap_or(C2sError::Closed))).await;
     }
     .instrument(span)
     .await

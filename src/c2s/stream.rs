@@ -7,12 +7,17 @@ use crate::stanza::StreamError;
 use crate::xml::reader::{Limits, StreamEvent, StreamHeader, StreamReader, XmlError};
 use crate::xml::Element;
 use crate::ServerState;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 const READ_CHUNK: usize = 4096;
+/// What the output buffer starts with once something is queued (most writes fit).
+const OUT_INITIAL: usize = 512;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +41,7 @@ impl From<XmlError> for C2sError {
 pub struct Conn {
     io: Option<MaybeTls>,
     reader: StreamReader,
-    rbuf: Vec<u8>,
+    /// Empty (no allocation) between writes: see `flush`.
     out: Vec<u8>,
     peer: SocketAddr,
     bindings: ChannelBindings,
@@ -57,7 +62,6 @@ impl Conn {
                 max_depth: l.max_depth,
                 max_attrs: l.max_attrs,
             }),
-            rbuf: vec![0; READ_CHUNK],
             out: Vec::new(),
             peer,
             bindings: ChannelBindings::default(),
@@ -115,16 +119,31 @@ impl Conn {
 
     /// Reads once from the socket into the parser.
     ///
-    /// Cancel-safe (the session loop races it against outbound traffic): nothing is
-    /// moved out of `self` across the await, and a cancelled read has consumed nothing.
+    /// The read buffer lives on the stack of a single poll, never across an await: a
+    /// connection waiting for input (nearly all of them, nearly all the time) holds no
+    /// read buffer of its own. Whatever a poll reads goes to the parser in that same poll,
+    /// so the future is cancel-safe (the session loop races it against outbound traffic).
+    /// Input the parser has already consumed does not keep its buffers either.
     pub async fn read_some(&mut self) -> Result<(), C2sError> {
+        self.reader.release_idle();
         let io = self.io.as_mut().ok_or(C2sError::Closed)?;
-        let n = io.read(&mut self.rbuf).await?;
-        if n == 0 {
-            return Err(C2sError::Closed);
-        }
-        self.reader.feed(&self.rbuf[..n]);
-        Ok(())
+        let reader = &mut self.reader;
+        std::future::poll_fn(|cx| {
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(C2sError::Io(e))),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    Poll::Ready(Err(C2sError::Closed))
+                }
+                Poll::Ready(Ok(())) => {
+                    reader.feed(buf.filled());
+                    Poll::Ready(Ok(()))
+                }
+            }
+        })
+        .await
     }
 
     pub fn next_event(&mut self) -> Result<Option<StreamEvent>, C2sError> {
@@ -187,6 +206,9 @@ impl Conn {
     /// Appends an element to the output buffer (stream-level elements get the `stream:`
     /// prefix clients expect).
     pub fn queue(&mut self, el: &Element) {
+        if self.out.capacity() == 0 {
+            self.out.reserve(OUT_INITIAL);
+        }
         if el.ns() == ns::STREAM {
             self.out.extend_from_slice(b"<stream:");
             self.out.extend_from_slice(el.name().as_bytes());
@@ -218,11 +240,9 @@ impl Conn {
             io.flush().await
         })
         .await;
-        self.out.clear();
-        // Give back memory a burst grew, but keep a small buffer around.
-        if self.out.capacity() > 64 * 1024 {
-            self.out.shrink_to(4096);
-        }
+        // Nothing stays allocated between writes: an idle session should cost as little
+        // as possible, and one allocation per batch of stanzas is cheap next to the write.
+        self.out = Vec::new();
         match result {
             Ok(r) => Ok(r?),
             Err(_) => Err(C2sError::Io(std::io::ErrorKind::TimedOut.into())),
