@@ -6,7 +6,7 @@ use crate::sasl::Credentials;
 use crate::stanza::StreamError;
 use crate::store::{Store, StoreError};
 use crate::ServerState;
-use jid::BareJid;
+use jid::{BareJid, Jid};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
@@ -69,26 +69,61 @@ pub fn delete(store: &Store, registry: &Registry, jid: &BareJid) -> Result<(), A
     Ok(())
 }
 
-/// The same operations on a running server: also ends the account's live sessions where
-/// the change makes them stale.
+/// The same operations on a running server: each also ends the account's live sessions
+/// where the change makes them stale, and is logged with who did it (`by`: an admin's or
+/// the user's bare JID, or "control socket"), never with the password.
 impl ServerState {
-    pub fn delete_account(&self, jid: &BareJid) -> Result<(), AccountError> {
+    pub fn create_account(
+        &self,
+        jid: &BareJid,
+        password: &str,
+        by: &str,
+    ) -> Result<(), AccountError> {
+        create(&self.store, jid, password)?;
+        tracing::info!(by, account = %jid, "account created");
+        Ok(())
+    }
+
+    pub fn delete_account(&self, jid: &BareJid, by: &str) -> Result<(), AccountError> {
         delete(&self.store, &self.registry, jid)?;
         self.sessions.close_account(
             jid,
             StreamError::new("not-authorized").with_text("the account was deleted"),
         );
-        tracing::info!(account = %jid, "account deleted");
+        tracing::info!(by, account = %jid, "account deleted");
         Ok(())
     }
 
-    pub fn change_password(&self, jid: &BareJid, password: &str) -> Result<(), AccountError> {
+    /// Changes the password and ends the account's sessions, which authenticated with
+    /// the old one, except `keep`: the session that asked for the change itself (in-band
+    /// self-service), which has just proved it knows the account.
+    pub fn change_password(
+        &self,
+        jid: &BareJid,
+        password: &str,
+        keep: Option<&Jid>,
+        by: &str,
+    ) -> Result<(), AccountError> {
         set_password(&self.store, jid, password)?;
-        tracing::info!(account = %jid, "password changed");
+        let err = StreamError::new("not-authorized").with_text("the password was changed");
+        let mut ended = 0;
+        for r in self.sessions.resources(jid) {
+            if keep.is_some_and(|k| k.as_str() == r.handle.jid.as_str()) {
+                continue;
+            }
+            r.handle.close(err.clone());
+            ended += 1;
+        }
+        tracing::info!(by, account = %jid, sessions_ended = ended, "password changed");
         Ok(())
     }
 
-    pub fn set_disabled(&self, jid: &BareJid, disabled: bool) -> Result<(), AccountError> {
+    pub fn set_disabled(
+        &self,
+        jid: &BareJid,
+        disabled: bool,
+        by: &str,
+    ) -> Result<(), AccountError> {
         self.store.set_disabled(jid.as_str(), disabled)?;
         if disabled {
             self.sessions.close_account(
@@ -96,7 +131,24 @@ impl ServerState {
                 StreamError::new("not-authorized").with_text("the account was disabled"),
             );
         }
-        tracing::info!(account = %jid, disabled, "account disabled state changed");
+        tracing::info!(by, account = %jid, disabled, "account disabled state changed");
         Ok(())
+    }
+
+    /// Ends one session (a full JID) or every session of an account (a bare JID), as an
+    /// administrator's decision; returns how many were ended.
+    pub fn end_sessions(&self, jid: &Jid, by: &str) -> usize {
+        let err = StreamError::new("policy-violation")
+            .with_text("the session was ended by an administrator");
+        let bare = jid.to_bare();
+        let mut ended = 0;
+        for r in self.sessions.resources(&bare) {
+            if jid.is_bare() || r.handle.jid.as_str() == jid.as_str() {
+                r.handle.close(err.clone());
+                ended += 1;
+            }
+        }
+        tracing::info!(by, target = %jid, sessions_ended = ended, "sessions ended");
+        ended
     }
 }

@@ -83,9 +83,24 @@ pub struct C2sConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct S2sConfig {
+    /// Plain-text listeners offering STARTTLS.
     pub listen: Vec<String>,
+    /// XEP-0368 direct TLS listeners (advertised with `_xmpps-server._tcp` SRV records).
+    pub direct_tls_listen: Vec<String>,
     /// Static overrides of DNS SRV: remote domain -> "host:port".
     pub routes: BTreeMap<String, String>,
+    /// Refuse server streams that are not encrypted (both directions).
+    pub require_encryption: bool,
+    /// Trust the operating system's certificate authorities for SASL EXTERNAL.
+    pub system_roots: bool,
+    /// Extra PEM file of certificate authorities trusted for SASL EXTERNAL.
+    pub ca_file: Option<PathBuf>,
+    /// Seconds to wait for a TCP connection to a remote server.
+    pub connect_timeout_secs: u64,
+    /// Seconds an outgoing stream may take from connecting to being authenticated.
+    pub negotiation_timeout_secs: u64,
+    /// Seconds without traffic after which an outgoing stream is closed.
+    pub idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -132,6 +147,8 @@ pub struct LimitsConfig {
     pub max_auth_attempts: u32,
     /// Stanzas queued for one session before it is treated as a stalled reader.
     pub session_queue: usize,
+    /// Seconds an XEP-0050 command session may sit between two stages before it expires.
+    pub command_session_timeout_secs: u64,
     /// Seconds a write may wait for the peer to read before the connection is dropped.
     pub write_timeout_secs: u64,
 }
@@ -169,7 +186,14 @@ impl Default for S2sConfig {
     fn default() -> Self {
         S2sConfig {
             listen: vec!["127.0.0.1:5269".into()],
+            direct_tls_listen: Vec::new(),
             routes: BTreeMap::new(),
+            require_encryption: true,
+            system_roots: true,
+            ca_file: None,
+            connect_timeout_secs: 10,
+            negotiation_timeout_secs: 30,
+            idle_timeout_secs: 300,
         }
     }
 }
@@ -194,6 +218,7 @@ impl Default for LimitsConfig {
             auth_failure_delay_ms: 1000,
             max_auth_attempts: 3,
             session_queue: 1024,
+            command_session_timeout_secs: 600,
             write_timeout_secs: 30,
         }
     }
@@ -249,6 +274,7 @@ impl Config {
             &self.c2s.listen,
             &self.c2s.direct_tls_listen,
             &self.s2s.listen,
+            &self.s2s.direct_tls_listen,
             &self.http.listen,
         ] {
             parse_addrs(list)?;
@@ -258,6 +284,25 @@ impl Config {
                 return Err(ConfigError::Invalid(format!(
                     "s2s.routes.{domain}: {target:?} is not host:port"
                 )));
+            }
+        }
+        let s = &self.s2s;
+        for (ok, what) in [
+            (
+                (1..=300).contains(&s.connect_timeout_secs),
+                "s2s.connect_timeout_secs must be 1..300",
+            ),
+            (
+                (1..=600).contains(&s.negotiation_timeout_secs),
+                "s2s.negotiation_timeout_secs must be 1..600",
+            ),
+            (
+                (1..=86400).contains(&s.idle_timeout_secs),
+                "s2s.idle_timeout_secs must be 1..86400",
+            ),
+        ] {
+            if !ok {
+                return Err(ConfigError::Invalid(what.into()));
             }
         }
         if self.tls.certificate.is_some() != self.tls.key.is_some() {
@@ -291,6 +336,10 @@ impl Config {
             ),
             (l.max_auth_attempts >= 1, "limits.max_auth_attempts >= 1"),
             (l.session_queue >= 16, "limits.session_queue >= 16"),
+            (
+                l.command_session_timeout_secs >= 1 && l.command_session_timeout_secs <= 86_400,
+                "limits.command_session_timeout_secs must be 1..86400",
+            ),
             (l.write_timeout_secs >= 1, "limits.write_timeout_secs >= 1"),
         ];
         for (ok, msg) in checks {

@@ -5,6 +5,7 @@
 //! owner-only permissions; the protocol is one JSON request line, one JSON reply line.
 
 use crate::accounts::{self, AccountError};
+use crate::services::admin;
 use crate::{Config, ServerState};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -16,12 +17,71 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
-    AddUser { jid: String, password: String },
-    DelUser { jid: String },
-    Passwd { jid: String, password: String },
-    SetDisabled { jid: String, disabled: bool },
+    AddUser {
+        jid: String,
+        password: String,
+    },
+    DelUser {
+        jid: String,
+    },
+    Passwd {
+        jid: String,
+        password: String,
+    },
+    SetDisabled {
+        jid: String,
+        disabled: bool,
+    },
     ListUsers,
     Online,
+    /// A headline to every online session (needs a running server, naturally).
+    Announce {
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+    },
+}
+
+/// Why a request failed, so the CLI can exit with a distinct status for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// A malformed JID, a JID of another domain, an empty password.
+    BadInput,
+    NoSuchAccount,
+    Exists,
+    /// The request needs a running server and none answers.
+    NotRunning,
+    /// The database is held by another process that does not answer, or talking to the
+    /// server failed.
+    Unavailable,
+    /// Anything else (a corrupt record, a disk error).
+    Failed,
+}
+
+impl ErrorKind {
+    /// The CLI's exit status for this failure (documented in `starling --help`).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Failed => 1,
+            ErrorKind::BadInput => 3,
+            ErrorKind::NoSuchAccount => 4,
+            ErrorKind::Exists => 5,
+            ErrorKind::NotRunning => 6,
+            ErrorKind::Unavailable => 7,
+        }
+    }
+}
+
+impl From<&AccountError> for ErrorKind {
+    fn from(e: &AccountError) -> Self {
+        match e {
+            AccountError::BadJid(..) | AccountError::BadPassword => ErrorKind::BadInput,
+            AccountError::Exists => ErrorKind::Exists,
+            AccountError::NoSuchAccount => ErrorKind::NoSuchAccount,
+            AccountError::Store(_) => ErrorKind::Failed,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,24 +89,34 @@ pub struct Reply {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Set with `error`; absent from servers older than this field (then: `Failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ErrorKind>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lines: Vec<String>,
 }
 
 impl Reply {
-    fn ok(lines: Vec<String>) -> Reply {
+    pub fn ok(lines: Vec<String>) -> Reply {
         Reply {
             ok: true,
             error: None,
+            kind: None,
             lines,
         }
     }
-    fn err(e: impl ToString) -> Reply {
+
+    pub fn err(kind: ErrorKind, e: impl ToString) -> Reply {
         Reply {
             ok: false,
             error: Some(e.to_string()),
+            kind: Some(kind),
             lines: Vec::new(),
         }
+    }
+
+    pub fn account_err(e: AccountError) -> Reply {
+        Reply::err(ErrorKind::from(&e), e)
     }
 }
 
@@ -103,6 +173,12 @@ pub async fn start(
 }
 
 async fn serve_one(state: &ServerState, stream: UnixStream) -> std::io::Result<()> {
+    // Who is on the other end, for the log: the socket is owner-only, but several
+    // administrators may share that owner through sudo.
+    let by = match stream.peer_cred() {
+        Ok(cred) => format!("control socket (uid {})", cred.uid()),
+        Err(_) => "control socket".to_string(),
+    };
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     // A request is small; refuse to buffer more than this from a local client.
@@ -111,16 +187,16 @@ async fn serve_one(state: &ServerState, stream: UnixStream) -> std::io::Result<(
     let reply = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
             let desc = describe(&req);
-            let reply = execute(state, req);
+            let reply = execute(state, req, &by);
             tracing::info!(
-                by = "control socket",
+                by = %by,
                 action = %desc,
                 ok = reply.ok,
                 "administrative action"
             );
             reply
         }
-        Err(e) => Reply::err(format!("bad request: {e}")),
+        Err(e) => Reply::err(ErrorKind::BadInput, format!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&reply).unwrap_or_default();
     out.push(b'\n');
@@ -129,7 +205,7 @@ async fn serve_one(state: &ServerState, stream: UnixStream) -> std::io::Result<(
 }
 
 fn describe(req: &Request) -> String {
-    // Never the password.
+    // Never the password, nor the announcement's text.
     match req {
         Request::AddUser { jid, .. } => format!("add user {jid}"),
         Request::DelUser { jid } => format!("delete user {jid}"),
@@ -137,28 +213,34 @@ fn describe(req: &Request) -> String {
         Request::SetDisabled { jid, disabled } => format!("set {jid} disabled={disabled}"),
         Request::ListUsers => "list users".into(),
         Request::Online => "list online sessions".into(),
+        Request::Announce { .. } => "announce".into(),
     }
 }
 
-fn execute(state: &ServerState, req: Request) -> Reply {
+fn execute(state: &ServerState, req: Request, by: &str) -> Reply {
+    if let Request::Announce { text, .. } = &req {
+        if text.trim().is_empty() {
+            return Reply::err(ErrorKind::BadInput, "the announcement is empty");
+        }
+    }
     let domain = &state.config.domain;
     let result: Result<Vec<String>, AccountError> = (|| match req {
         Request::AddUser { jid, password } => {
             let jid = accounts::local_jid(&jid, domain)?;
-            accounts::create(&state.store, &jid, &password)?;
+            state.create_account(&jid, &password, by)?;
             Ok(vec![])
         }
         Request::DelUser { jid } => {
-            state.delete_account(&accounts::local_jid(&jid, domain)?)?;
+            state.delete_account(&accounts::local_jid(&jid, domain)?, by)?;
             Ok(vec![])
         }
         Request::Passwd { jid, password } => {
             let jid = accounts::local_jid(&jid, domain)?;
-            state.change_password(&jid, &password)?;
+            state.change_password(&jid, &password, None, by)?;
             Ok(vec![])
         }
         Request::SetDisabled { jid, disabled } => {
-            state.set_disabled(&accounts::local_jid(&jid, domain)?, disabled)?;
+            state.set_disabled(&accounts::local_jid(&jid, domain)?, disabled, by)?;
             Ok(vec![])
         }
         Request::ListUsers => Ok(state.store.account_jids()?),
@@ -172,10 +254,14 @@ fn execute(state: &ServerState, req: Request) -> Reply {
             list.sort();
             Ok(list)
         }
+        Request::Announce { text, subject } => {
+            let n = admin::announce(state, subject.as_deref(), &text, by);
+            Ok(vec![format!("announcement sent to {n} session(s)")])
+        }
     })();
     match result {
         Ok(lines) => Reply::ok(lines),
-        Err(e) => Reply::err(e),
+        Err(e) => Reply::account_err(e),
     }
 }
 

@@ -8,12 +8,14 @@ pub mod c2s;
 pub mod config;
 pub mod control;
 pub mod datetime;
+pub mod forms;
 pub mod im;
 pub mod module;
 pub mod muc;
 pub mod net;
 pub mod ns;
 pub mod router;
+pub mod s2s;
 pub mod sasl;
 pub mod services;
 pub mod sessions;
@@ -40,6 +42,7 @@ pub struct ServerState {
     pub sessions: Sessions,
     pub registry: Registry,
     pub tls: TlsSetup,
+    pub s2s: s2s::S2s,
     connections: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -83,6 +86,24 @@ impl Drop for ConnectionGuard {
 }
 
 impl ServerState {
+    /// The shared state, before any listener exists (also what unit tests build).
+    pub fn new(config: Config, store: Store, registry: Registry, tls: TlsSetup) -> ServerState {
+        ServerState {
+            // A login flushes up to a full offline store into the new session at once, so
+            // the queue has room for that on top of the stalled-reader allowance. tokio
+            // allocates the first block of 32 slots with the channel and the rest only as
+            // they fill, and slots are pointer-sized (see `OutboundRx`), so the bound
+            // costs an idle session almost nothing.
+            sessions: Sessions::new(config.limits.session_queue + config.im.offline_quota),
+            config,
+            store,
+            registry,
+            tls,
+            s2s: s2s::S2s::new(),
+            connections: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionGuard> {
         let mut map = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_insert(0);
@@ -97,12 +118,24 @@ impl ServerState {
     }
 }
 
+/// What a listener accepts.
+#[derive(Clone, Copy, Debug)]
+enum Listener {
+    C2s,
+    C2sTls,
+    S2s,
+    S2sTls,
+}
+
 /// A running server.
 pub struct Server {
     pub state: Arc<ServerState>,
     /// Bound addresses: (c2s STARTTLS, c2s direct TLS).
     pub c2s_addrs: Vec<SocketAddr>,
     pub c2s_tls_addrs: Vec<SocketAddr>,
+    /// Bound addresses: (s2s STARTTLS, s2s direct TLS).
+    pub s2s_addrs: Vec<SocketAddr>,
+    pub s2s_tls_addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     /// Every connection task holds a clone; shutdown waits until all are dropped.
     alive_tx: mpsc::Sender<()>,
@@ -118,38 +151,39 @@ impl Server {
         let tls = TlsSetup::load(&config)?;
         let mut registry = Registry::default();
         services::register_all(&mut registry, &config);
-        let state = Arc::new(ServerState {
-            // A login flushes up to a full offline store into the new session at once, so
-            // the queue has room for that on top of the stalled-reader allowance. tokio
-            // allocates the first block of 32 slots with the channel and the rest only as
-            // they fill, and slots are pointer-sized (see `OutboundRx`), so the bound
-            // costs an idle session almost nothing.
-            sessions: Sessions::new(config.limits.session_queue + config.im.offline_quota),
-            config,
-            store,
-            registry,
-            tls,
-            connections: Mutex::new(HashMap::new()),
-        });
+        let state = Arc::new(ServerState::new(config, store, registry, tls));
         state.registry.run_start(&state);
         let (shutdown, _) = watch::channel(false);
         let (alive_tx, alive_rx) = mpsc::channel(1);
+        state
+            .s2s
+            .attach(&state, shutdown.subscribe(), alive_tx.clone());
         let mut server = Server {
             state: state.clone(),
             c2s_addrs: Vec::new(),
             c2s_tls_addrs: Vec::new(),
+            s2s_addrs: Vec::new(),
+            s2s_tls_addrs: Vec::new(),
             shutdown,
             alive_tx,
             alive_rx,
             tasks: Vec::new(),
         };
         for addr in config::parse_addrs(&state.config.c2s.listen)? {
-            let bound = server.listen(addr, false).await?;
+            let bound = server.listen(addr, Listener::C2s).await?;
             server.c2s_addrs.push(bound);
         }
         for addr in config::parse_addrs(&state.config.c2s.direct_tls_listen)? {
-            let bound = server.listen(addr, true).await?;
+            let bound = server.listen(addr, Listener::C2sTls).await?;
             server.c2s_tls_addrs.push(bound);
+        }
+        for addr in config::parse_addrs(&state.config.s2s.listen)? {
+            let bound = server.listen(addr, Listener::S2s).await?;
+            server.s2s_addrs.push(bound);
+        }
+        for addr in config::parse_addrs(&state.config.s2s.direct_tls_listen)? {
+            let bound = server.listen(addr, Listener::S2sTls).await?;
+            server.s2s_tls_addrs.push(bound);
         }
         let control = control::start(state.clone(), server.shutdown.subscribe())
             .await
@@ -159,16 +193,14 @@ impl Server {
             domain = %state.config.domain,
             c2s = ?server.c2s_addrs,
             c2s_tls = ?server.c2s_tls_addrs,
+            s2s = ?server.s2s_addrs,
+            s2s_tls = ?server.s2s_tls_addrs,
             "Starling started"
         );
         Ok(server)
     }
 
-    async fn listen(
-        &mut self,
-        addr: SocketAddr,
-        direct_tls: bool,
-    ) -> Result<SocketAddr, StartError> {
+    async fn listen(&mut self, addr: SocketAddr, kind: Listener) -> Result<SocketAddr, StartError> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
@@ -202,7 +234,16 @@ impl Server {
                 let shutdown = shutdown.clone();
                 let alive = alive.clone();
                 tokio::spawn(async move {
-                    c2s::serve(state, tcp, peer, direct_tls, shutdown).await;
+                    match kind {
+                        Listener::C2s => c2s::serve(state, tcp, peer, false, shutdown).await,
+                        Listener::C2sTls => c2s::serve(state, tcp, peer, true, shutdown).await,
+                        Listener::S2s => {
+                            s2s::incoming::serve(state, tcp, peer, false, shutdown).await
+                        }
+                        Listener::S2sTls => {
+                            s2s::incoming::serve(state, tcp, peer, true, shutdown).await
+                        }
+                    }
                     drop(guard);
                     drop(alive);
                 });
@@ -216,6 +257,7 @@ impl Server {
     pub async fn shutdown(mut self) {
         tracing::info!("shutting down");
         let _ = self.shutdown.send(true);
+        self.state.s2s.detach();
         drop(self.alive_tx);
         let wait = async { while self.alive_rx.recv().await.is_some() {} };
         if tokio::time::timeout(std::time::Duration::from_secs(10), wait)

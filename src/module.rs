@@ -4,6 +4,8 @@
 //! that does not parse becomes `bad-request`, a namespace nobody claims becomes
 //! `service-unavailable`, and handlers just return their reply.
 
+use crate::forms::Form;
+use crate::services::adhoc::{CommandCtx, CommandStep};
 use crate::sessions::SessionHandle;
 use crate::stanza::StanzaError;
 use crate::store::Store;
@@ -154,6 +156,24 @@ pub struct Registry {
     delivered: Vec<DeliveredHook>,
     sent: Vec<SentHook>,
     stream_features: Vec<Element>,
+    /// XEP-0050 commands, in registration order (the order disco lists them).
+    commands: Vec<CommandDef>,
+    session_start: Vec<SessionStartHook>,
+}
+
+/// Runs one stage of an ad-hoc command: it gets every form submitted so far (none on
+/// the first call) and returns the next form or the final result.
+pub type CommandFn =
+    Box<dyn Fn(&CommandCtx<'_>, &[Form]) -> Result<CommandStep, StanzaError> + Send + Sync>;
+type SessionStartHook = Box<dyn Fn(&ServerState, &SessionHandle) + Send + Sync>;
+
+/// An XEP-0050 command a module offers on the server's JID.
+pub struct CommandDef {
+    pub node: &'static str,
+    pub name: &'static str,
+    /// Only the JIDs in `admins` may see it in disco or run it.
+    pub admin_only: bool,
+    pub(crate) handler: CommandFn,
 }
 
 impl Registry {
@@ -412,6 +432,47 @@ impl Registry {
     pub(crate) fn run_account_removed(&self, store: &Store, jid: &BareJid) {
         for hook in &self.account_removed {
             hook(store, jid);
+        }
+    }
+
+    /// Offers an XEP-0050 command on the server's JID. The module that owns a feature
+    /// registers its commands; the ad-hoc service lists and runs them (sessions,
+    /// actions, form checks, access) so a handler only computes the next step.
+    pub fn command<F>(&mut self, node: &'static str, name: &'static str, admin_only: bool, f: F)
+    where
+        F: Fn(&CommandCtx<'_>, &[Form]) -> Result<CommandStep, StanzaError> + Send + Sync + 'static,
+    {
+        debug_assert!(
+            self.find_command(node).is_none(),
+            "two commands on node {node}"
+        );
+        self.commands.push(CommandDef {
+            node,
+            name,
+            admin_only,
+            handler: Box::new(f),
+        });
+    }
+
+    pub fn commands(&self) -> &[CommandDef] {
+        &self.commands
+    }
+
+    pub fn find_command(&self, node: &str) -> Option<&CommandDef> {
+        self.commands.iter().find(|c| c.node == node)
+    }
+
+    /// Called once a client session has bound its resource (the user has logged in).
+    pub fn on_session_start(
+        &mut self,
+        f: impl Fn(&ServerState, &SessionHandle) + Send + Sync + 'static,
+    ) {
+        self.session_start.push(Box::new(f));
+    }
+
+    pub(crate) fn run_session_start(&self, server: &ServerState, handle: &SessionHandle) {
+        for hook in &self.session_start {
+            hook(server, handle);
         }
     }
 }

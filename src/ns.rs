@@ -19,6 +19,14 @@ pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 pub const DATA_FORMS: &str = "jabber:x:data";
 pub const DELAY: &str = "urn:xmpp:delay";
+/// XEP-0220 dialback elements (`db:` prefix on the wire).
+pub const DIALBACK: &str = "jabber:server:dialback";
+/// XEP-0220 stream feature advertising dialback (with `<errors/>` support).
+pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
+/// XEP-0050 ad-hoc commands (also the disco node listing them).
+pub const COMMANDS: &str = "http://jabber.org/protocol/commands";
+/// XEP-0133 service administration: FORM_TYPE, and the prefix of its command nodes.
+pub const ADMIN: &str = "http://jabber.org/protocol/admin";
 pub const ROSTER: &str = "jabber:iq:roster";
 pub const ROSTER_VER: &str = "urn:xmpp:features:rosterver";
 pub const PRE_APPROVAL: &str = "urn:xmpp:features:pre-approval";

@@ -135,15 +135,7 @@ pub fn route(server: &ServerState, stanza: Element) {
             }
         }
         Destination::Service(domain) => server.registry.deliver_to_domain(server, &domain, stanza),
-        Destination::Remote(domain) => {
-            tracing::debug!(%domain, "no route to remote domain");
-            bounce(
-                server,
-                &stanza,
-                StanzaError::remote_server_not_found()
-                    .with_text(format!("no server-to-server route to {domain}")),
-            )
-        }
+        Destination::Remote(domain) => crate::s2s::send(server, &domain, stanza),
     }
 }
 

@@ -62,6 +62,7 @@ pub async fn serve(
         };
         tracing::Span::current().record("jid", tracing::field::display(&handle.jid));
         tracing::info!("session started");
+        server.registry.run_session_start(&server, &handle);
         let mut channels = channels;
         let result = session_loop(&server, &mut conn, &handle, &mut channels, &mut shutdown).await;
         end_session(&server, &handle, &mut channels);

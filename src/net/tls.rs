@@ -2,13 +2,19 @@
 
 use crate::config::Config;
 use crate::sasl::ChannelBindings;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -31,6 +37,16 @@ pub enum TlsError {
 #[derive(Clone)]
 pub struct TlsSetup {
     pub acceptor: TlsAcceptor,
+    /// Server side of server-to-server TLS: asks for (but does not require) the peer's
+    /// certificate, which is checked after the handshake for SASL EXTERNAL.
+    pub s2s_acceptor: TlsAcceptor,
+    /// Client side of server-to-server TLS (STARTTLS): presents our certificate.
+    pub s2s_connector: TlsConnector,
+    /// The same, announcing the "xmpp-server" ALPN protocol for XEP-0368 direct TLS.
+    pub s2s_direct_connector: TlsConnector,
+    /// Checks a peer server's certificate against the trusted authorities; `None` when
+    /// no authority is trusted (then every peer uses dialback).
+    peer_verifier: Option<Arc<WebPkiServerVerifier>>,
     /// RFC 5929 tls-server-end-point data: SHA-256 of our certificate (right for the
     /// SHA-256 and ECDSA-P256 certificates we generate and that CAs issue today).
     server_end_point: Arc<Vec<u8>>,
@@ -46,16 +62,62 @@ impl TlsSetup {
         let key = read_key(&key_path)?;
         let server_end_point = Sha256::digest(certs[0].as_ref()).to_vec();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut server_config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(certs, key)?;
+            .with_single_cert(certs.clone(), key.clone_key())?;
         // XEP-0368 direct TLS clients may ask for "xmpp-client"; STARTTLS clients send none.
         server_config.alpn_protocols = vec![b"xmpp-client".to_vec()];
+
+        let mut s2s_server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(Arc::new(RecordClientCert(provider.clone())))
+            .with_single_cert(certs.clone(), key.clone_key())?;
+        s2s_server.alpn_protocols = vec![b"xmpp-server".to_vec()];
+        let client = |alpn: bool| -> Result<TlsConnector, TlsError> {
+            let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(RecordServerCert(provider.clone())))
+                .with_client_auth_cert(certs.clone(), key.clone_key())?;
+            if alpn {
+                c.alpn_protocols = vec![b"xmpp-server".to_vec()];
+            }
+            Ok(TlsConnector::from(Arc::new(c)))
+        };
+        let peer_verifier = peer_verifier(config, provider.clone())?;
         Ok(TlsSetup {
             acceptor: TlsAcceptor::from(Arc::new(server_config)),
+            s2s_acceptor: TlsAcceptor::from(Arc::new(s2s_server)),
+            s2s_connector: client(false)?,
+            s2s_direct_connector: client(true)?,
+            peer_verifier,
             server_end_point: Arc::new(server_end_point),
         })
+    }
+
+    /// Whether a peer server's certificate chain (as presented in TLS) is issued by a
+    /// trusted authority for `domain`. The check is the one for a TLS server certificate
+    /// (RFC 6125 DNS-ID, serverAuth extended key usage) whether the peer was our TLS
+    /// client or server: the certificates servers hold today, Let's Encrypt's included,
+    /// are issued for serverAuth only, and rustls's client-certificate verifier would
+    /// refuse them for want of clientAuth.
+    pub fn peer_cert_valid_for(&self, chain: &[CertificateDer<'_>], domain: &str) -> bool {
+        let (Some(verifier), Some((end_entity, intermediates))) =
+            (&self.peer_verifier, chain.split_first())
+        else {
+            return false;
+        };
+        let Ok(name) = ServerName::try_from(domain.to_string()) else {
+            return false;
+        };
+        match verifier.verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now()) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(domain, "peer certificate not accepted: {e}");
+                false
+            }
+        }
     }
 
     /// Channel-binding data for an established TLS connection.
@@ -74,6 +136,151 @@ impl TlsSetup {
             tls_exporter,
             tls_server_end_point: Some(self.server_end_point.as_ref().clone()),
         }
+    }
+}
+
+/// The trusted authorities for peer servers: the system's and/or `s2s.ca_file`.
+fn peer_verifier(
+    config: &Config,
+    provider: Arc<CryptoProvider>,
+) -> Result<Option<Arc<WebPkiServerVerifier>>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    if config.s2s.system_roots {
+        let found = rustls_native_certs::load_native_certs();
+        if !found.errors.is_empty() {
+            tracing::debug!(
+                "some system certificates could not be read: {:?}",
+                found.errors
+            );
+        }
+        let (added, ignored) = roots.add_parsable_certificates(found.certs);
+        tracing::debug!(added, ignored, "system certificate authorities loaded");
+    }
+    if let Some(path) = &config.s2s.ca_file {
+        for cert in read_certs(path)? {
+            roots.add(cert)?;
+        }
+    }
+    if roots.is_empty() {
+        return Ok(None);
+    }
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map(Some)
+        .map_err(|e| TlsError::Generate(format!("peer certificate verifier: {e}")))
+}
+
+/// Client-certificate policy of server-to-server TLS: ask for a certificate, accept the
+/// handshake with or without one (its signature is still checked), and leave the trust
+/// decision to [`TlsSetup::peer_cert_valid_for`] once the peer has said which domain it
+/// is. Refusing here would cut off every peer that authenticates with dialback.
+#[derive(Debug)]
+struct RecordClientCert(Arc<CryptoProvider>);
+
+impl ClientCertVerifier for RecordClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Server-certificate policy of outgoing server-to-server TLS: encryption is always
+/// negotiated, but a peer with a self-signed or otherwise unverifiable certificate is
+/// still reachable, because dialback (which proves the peer controls the domain's DNS)
+/// is what authenticates the domain on those streams.
+#[derive(Debug)]
+struct RecordServerCert(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for RecordServerCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -3,6 +3,7 @@
 
 use crate::module::{IqKind, IqTarget, Registry};
 use crate::ns;
+use crate::services::adhoc;
 use crate::stanza::StanzaError;
 use crate::xml::Element;
 use crate::{Config, ServerState};
@@ -36,8 +37,10 @@ pub fn register(reg: &mut Registry, _config: &Config) {
             if req.kind != IqKind::Get {
                 return Err(StanzaError::bad_request());
             }
-            if q.node.is_some() {
-                return Err(StanzaError::item_not_found());
+            if let Some(node) = &q.node {
+                return adhoc::disco_info(req, node)
+                    .unwrap_or_else(|| Err(StanzaError::item_not_found()))
+                    .map(Some);
             }
             Ok(Some(server_info(req.server)))
         },
@@ -50,8 +53,10 @@ pub fn register(reg: &mut Registry, _config: &Config) {
             if req.kind != IqKind::Get {
                 return Err(StanzaError::bad_request());
             }
-            if q.node.is_some() {
-                return Err(StanzaError::item_not_found());
+            match q.node.as_deref() {
+                None => {}
+                Some(ns::COMMANDS) => return Ok(Some(adhoc::disco_items(req))),
+                Some(_) => return Err(StanzaError::item_not_found()),
             }
             let mut query = Element::new("query", ns::DISCO_ITEMS);
             let mut domains: Vec<&str> = req.server.registry.service_domains().collect();

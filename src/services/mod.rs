@@ -1,5 +1,7 @@
 //! Server services: each file is one XEP (or RFC feature), registered here.
 
+pub mod adhoc;
+pub mod admin;
 pub mod blocking;
 pub mod carbons;
 pub mod disco;
@@ -26,6 +28,9 @@ pub fn register_all(reg: &mut Registry, config: &Config) {
     version::register(reg);
     session::register(reg);
     register::register(reg, config);
+    crate::s2s::register(reg);
+    adhoc::register(reg, config);
+    admin::register(reg);
     crate::im::register(reg, config);
     vcard::register(reg);
     private::register(reg);

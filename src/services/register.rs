@@ -114,7 +114,9 @@ pub fn register(reg: &mut Registry, config: &Config) {
                     IqKind::Set if q.remove => {
                         // The reply is queued before the close order reaches this session,
                         // and a closing session writes its queue first, so the client sees it.
-                        req.server.delete_account(&me).map_err(account_error)?;
+                        req.server
+                            .delete_account(&me, me.as_str())
+                            .map_err(account_error)?;
                         Ok(None)
                     }
                     IqKind::Set => {
@@ -128,7 +130,7 @@ pub fn register(reg: &mut Registry, config: &Config) {
                                 .with_text("you can change only your own password"));
                         }
                         req.server
-                            .change_password(&me, &password)
+                            .change_password(&me, &password, Some(req.from), me.as_str())
                             .map_err(account_error)?;
                         Ok(None)
                     }

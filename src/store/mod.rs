@@ -6,13 +6,14 @@ mod offline;
 mod private;
 mod rooms;
 mod roster;
+mod settings;
 mod sled_store;
 mod vcard;
 
 pub use offline::OfflineMessage;
 pub use rooms::{AffiliationRecord, RoomRecord};
 pub use roster::{RosterChange, RosterItem, RosterMeta, RosterUpdate};
-
+pub use settings::Motd;
 pub use sled_store::Store;
 pub use vcard::LastPresence;
 

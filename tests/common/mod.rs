@@ -213,6 +213,8 @@ pub struct Client {
     reader: StreamReader,
     pub jid: String,
     pub exporter: Option<Vec<u8>>,
+    /// The domain named in stream headers (`to`).
+    pub domain: String,
 }
 
 fn limits() -> Limits {
@@ -232,7 +234,25 @@ impl Client {
             reader: StreamReader::new(limits()),
             jid: String::new(),
             exporter: None,
+            domain: "localhost".into(),
         }
+    }
+
+    /// Wraps a connection someone made to us (a test playing a peer server).
+    pub fn from_tcp(tcp: TcpStream) -> Client {
+        tcp.set_nodelay(true).ok();
+        Client {
+            io: Io::Plain(tcp),
+            reader: StreamReader::new(limits()),
+            jid: String::new(),
+            exporter: None,
+            domain: "localhost".into(),
+        }
+    }
+
+    /// STARTTLS's TLS handshake, client side, after `<proceed/>`.
+    pub async fn upgrade_tls(&mut self) {
+        self.upgrade().await;
     }
 
     pub async fn connect_tls(addr: SocketAddr) -> Client {
@@ -314,7 +334,7 @@ impl Client {
 
     /// Opens a stream; returns the features.
     pub async fn open(&mut self) -> Element {
-        self.send("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>").await;
+        self.send(&format!("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{}' version='1.0'>", self.domain)).await;
         match self.next().await {
             Got::Header(_) => {}
             other => panic!("expected a stream header, got {other:?}"),
@@ -405,7 +425,19 @@ impl Client {
 
     /// STARTTLS, SCRAM-SHA-256, bind, initial presence.
     pub async fn login(addr: SocketAddr, user: &str, password: &str, resource: &str) -> Client {
+        Self::login_at(addr, "localhost", user, password, resource).await
+    }
+
+    /// `login` to a server whose domain is not "localhost".
+    pub async fn login_at(
+        addr: SocketAddr,
+        domain: &str,
+        user: &str,
+        password: &str,
+        resource: &str,
+    ) -> Client {
         let mut c = Self::connect(addr).await;
+        c.domain = domain.to_string();
         c.starttls().await;
         let creds = sasl::common::Credentials::default()
             .with_username(user)
