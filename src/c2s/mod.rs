@@ -100,7 +100,7 @@ async fn negotiate(
                         Some(bare) => {
                             tracing::info!(user = %bare, "authenticated");
                             authenticated = Some(bare);
-                            conn.restart();
+                            conn.restart_authenticated(server);
                             continue 'stream;
                         }
                         None => {

@@ -16,6 +16,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 const READ_CHUNK: usize = 4096;
+/// Largest element accepted before authentication. Nothing a client legitimately sends
+/// then (stream headers, STARTTLS, SASL, in-band registration) comes near it, and it
+/// bounds what an unauthenticated connection can make us hold; the configured
+/// `max_stanza_bytes` applies once the client has authenticated.
+pub const PREAUTH_MAX_STANZA: usize = 16 * 1024;
 /// What the output buffer starts with once something is queued (most writes fit).
 const OUT_INITIAL: usize = 512;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -57,11 +62,7 @@ impl Conn {
         let l = &server.config.limits;
         Conn {
             io: Some(MaybeTls::Plain(tcp)),
-            reader: StreamReader::new(Limits {
-                max_stanza_bytes: l.max_stanza_bytes,
-                max_depth: l.max_depth,
-                max_attrs: l.max_attrs,
-            }),
+            reader: StreamReader::new(Self::limits(server, true)),
             out: Vec::new(),
             peer,
             bindings: ChannelBindings::default(),
@@ -70,6 +71,25 @@ impl Conn {
             domain: server.config.domain.clone(),
             write_timeout: Duration::from_secs(l.write_timeout_secs),
         }
+    }
+
+    fn limits(server: &ServerState, preauth: bool) -> Limits {
+        let l = &server.config.limits;
+        Limits {
+            max_stanza_bytes: if preauth {
+                l.max_stanza_bytes.min(PREAUTH_MAX_STANZA)
+            } else {
+                l.max_stanza_bytes
+            },
+            max_depth: l.max_depth,
+            max_attrs: l.max_attrs,
+        }
+    }
+
+    /// SASL succeeded: the stream restarts with the configured stanza size limit.
+    pub fn restart_authenticated(&mut self, server: &ServerState) {
+        self.restart();
+        self.reader.set_limits(Self::limits(server, false));
     }
 
     pub fn is_tls(&self) -> bool {

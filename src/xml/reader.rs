@@ -364,6 +364,12 @@ impl StreamReader {
         self.buf = buf;
     }
 
+    /// Changes the limits from the next byte on (a stream allows more once the peer has
+    /// authenticated).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
     /// Frees the scratch buffers that hold nothing right now (input fully consumed, no
     /// token or element in progress). A stream spends most of its life waiting between
     /// stanzas; this keeps that wait from holding on to the capacity the last stanza grew.
