@@ -599,7 +599,7 @@ impl ScramCache {
     }
 }
 
-fn scram_attr<'a>(msg: &'a str, key: char) -> Option<&'a str> {
+fn scram_attr(msg: &str, key: char) -> Option<&str> {
     msg.split(',')
         .find(|p| p.len() >= 2 && p.starts_with(key) && p.as_bytes()[1] == b'=')
         .map(|p| &p[2..])
@@ -1526,17 +1526,33 @@ async fn login(c: Common, hold: f64, mut checkpoints: Vec<usize>, settle: f64) -
 }
 
 /// One measured step at a fixed rate.
-async fn step(
-    sh: &Arc<Shared>,
-    senders: &[mpsc::Sender<u32>],
+/// What one step runs: `rate` messages/s for `secs`, each expected `fanout` times, then
+/// up to `drain` seconds for stragglers; it passes with p99 below `p99_limit_us`.
+#[derive(Clone, Copy)]
+struct StepSpec {
     rate: f64,
     secs: f64,
     drain: f64,
     fanout: u64,
-    probe: &Probe,
     p99_limit_us: f64,
+    /// Print a progress line (not for warm-up steps).
     measure: bool,
+}
+
+async fn step(
+    sh: &Arc<Shared>,
+    senders: &[mpsc::Sender<u32>],
+    spec: StepSpec,
+    probe: &Probe,
 ) -> Value {
+    let StepSpec {
+        rate,
+        secs,
+        drain,
+        fanout,
+        p99_limit_us,
+        measure,
+    } = spec;
     let stats = &sh.stats;
     // Start from a quiet system: what is still in flight from before is not this step's.
     stats.latency.reset();
@@ -1633,14 +1649,34 @@ async fn rate_run(
     if r.warmup > 0.0 {
         let w = (r.rate / 4.0).max(1.0);
         step(
-            sh, &senders, w, r.warmup, r.drain, fanout, probe, limit, false,
+            sh,
+            &senders,
+            StepSpec {
+                rate: w,
+                secs: r.warmup,
+                drain: r.drain,
+                fanout,
+                p99_limit_us: limit,
+                measure: false,
+            },
+            probe,
         )
         .await;
     }
     let mut steps = Vec::new();
     if !r.find_max {
         let v = step(
-            sh, &senders, r.rate, r.secs, r.drain, fanout, probe, limit, true,
+            sh,
+            &senders,
+            StepSpec {
+                rate: r.rate,
+                secs: r.secs,
+                drain: r.drain,
+                fanout,
+                p99_limit_us: limit,
+                measure: true,
+            },
+            probe,
         )
         .await;
         steps.push(v.clone());
@@ -1658,7 +1694,17 @@ async fn rate_run(
             break;
         }
         let v = step(
-            sh, &senders, rate, r.secs, r.drain, fanout, probe, limit, true,
+            sh,
+            &senders,
+            StepSpec {
+                rate,
+                secs: r.secs,
+                drain: r.drain,
+                fanout,
+                p99_limit_us: limit,
+                measure: true,
+            },
+            probe,
         )
         .await;
         let pass = v["pass"].as_bool().unwrap_or(false);
@@ -1700,6 +1746,19 @@ async fn rate_run(
 fn rate_summary(title: &str, c: &Common, what: &str, steps: &[Value], best: &Option<Value>) {
     let mut rows = vec![];
     for s in steps {
+        let server_cpu = s["server_cpu_us_per_delivery"]
+            .as_f64()
+            .map(|v| format!("server {v:.1} µs/delivery, "))
+            .unwrap_or_default();
+        let verdict = if s["pass"].as_bool().unwrap_or(false) {
+            ""
+        } else {
+            "  FAIL"
+        };
+        let tool_cpu = format!(
+            "tool CPU {:.0}%{verdict}",
+            s["tool_cpu_pct"].as_f64().unwrap_or(0.0)
+        );
         rows.push((
             format!("rate {:.0}/s", s["rate"].as_f64().unwrap_or(0.0)),
             format!(
@@ -1714,19 +1773,8 @@ fn rate_summary(title: &str, c: &Common, what: &str, steps: &[Value], best: &Opt
                 s["duplicated"],
                 s["reordered"],
                 s["stanza_errors"],
-                s["server_cpu_us_per_delivery"]
-                    .as_f64()
-                    .map(|v| format!("server {v:.1} µs/delivery, "))
-                    .unwrap_or_default(),
-                format!(
-                    "tool CPU {:.0}%{}",
-                    s["tool_cpu_pct"].as_f64().unwrap_or(0.0),
-                    if s["pass"].as_bool().unwrap_or(false) {
-                        ""
-                    } else {
-                        "  FAIL"
-                    }
-                ),
+                server_cpu,
+                tool_cpu,
             ),
         ));
     }
