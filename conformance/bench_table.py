@@ -35,22 +35,33 @@ def metrics(d, name):
     cps = get(mem, "checkpoints") or []
     for cp in cps:
         m[f"KiB per idle TLS session @ {cp['checkpoint']:,}"] = (cp.get("kib_per_session"), False)
+    if len(cps) >= 2:
+        lo, hi = cps[0], cps[-1]
+        if hi["online"] > lo["online"]:
+            m[f"  marginal KiB per session {lo['checkpoint']:,} → {hi['checkpoint']:,}"] = (
+                (hi["rss_kib"] - lo["rss_kib"]) / (hi["online"] - lo["online"]), False)
     m["sessions held"] = (get(mem, "online_after_hold"), True)
     chat = load(d, name, "chat")
     best = get(chat, "best")
     m["1:1 chat: best msg/s (p99 < 100 ms, no loss)"] = (get(best, "delivered_per_s"), True)
     m["  p99 at that rate (ms)"] = (
         (get(best, "latency_us", "p99") or 0) / 1000 if best else None, False)
-    fixed = load(d, name, "chatcpu")
-    steps = get(fixed, "steps") or []
-    if steps:
+    for phase, where in (("chatcpu", "pairs only"), ("chatfull", "server full")):
+        fixed = load(d, name, phase)
+        steps = get(fixed, "steps") or []
+        if not steps:
+            continue
         s = steps[-1]
         rate = s.get("rate")
-        m[f"server CPU per 1:1 message @ {rate:.0f}/s (µs)"] = (
+        online = get(fixed, "online")
+        m[f"server CPU per 1:1 message @ {rate:.0f}/s, {where} (µs)"] = (
             s.get("server_cpu_us_per_delivery"), False)
-        m[f"  p50 / p99 @ {rate:.0f}/s (ms)"] = (
+        m[f"  p50 / p99 @ {rate:.0f}/s, {where} (ms)"] = (
             f"{s['latency_us']['p50']/1000:.2f} / {s['latency_us']['p99']/1000:.2f}", None)
-        m[f"  load tool CPU @ {rate:.0f}/s (% of a core)"] = (s.get("tool_cpu_pct"), None)
+        m[f"  lost / dup / reordered, {where}"] = (
+            f"{s['lost']} / {s['duplicated']} / {s['reordered']}", None)
+        m[f"  load tool CPU @ {rate:.0f}/s, {where} (% of a core)"] = (
+            s.get("tool_cpu_pct"), None)
     muc = load(d, name, "muc")
     mb = get(muc, "best")
     m["MUC: best deliveries/s"] = (get(mb, "delivered_per_s"), True)
