@@ -36,6 +36,74 @@ pub struct Config {
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
     pub im: ImConfig,
+    pub sm: SmConfig,
+    pub mam: MamConfig,
+    pub csi: CsiConfig,
+}
+
+/// XEP-0198 stream management.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmConfig {
+    /// Seconds a dropped session stays resumable; its resource stays bound meanwhile and
+    /// stanzas for it wait in its queue. After that, unacknowledged and queued messages
+    /// go to offline storage.
+    pub resume_timeout_secs: u64,
+    /// Stanzas sent to a client and not yet acknowledged before the server closes the
+    /// stream (a client that never acks would otherwise grow this without bound).
+    pub max_unacked: usize,
+}
+
+impl Default for SmConfig {
+    fn default() -> Self {
+        SmConfig {
+            resume_timeout_secs: 300,
+            max_unacked: 5000,
+        }
+    }
+}
+
+/// XEP-0313 message archive.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MamConfig {
+    /// Archive messages at all (users can still opt out with their preferences).
+    pub enabled: bool,
+    /// Days an archived message is kept; 0 keeps it forever.
+    pub retention_days: u64,
+    /// Largest page a query may ask for (XEP-0059 `max`), and the page size when it
+    /// does not say.
+    pub max_page: usize,
+    pub default_page: usize,
+    /// Default archiving preference for users who set none: always | never | roster.
+    pub default_mode: String,
+}
+
+impl Default for MamConfig {
+    fn default() -> Self {
+        MamConfig {
+            enabled: true,
+            retention_days: 0,
+            max_page: 250,
+            default_page: 50,
+            default_mode: "always".into(),
+        }
+    }
+}
+
+/// XEP-0352 client state indication.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CsiConfig {
+    /// Stanzas held back for an inactive client (after coalescing) before they are all
+    /// sent anyway.
+    pub max_held: usize,
+}
+
+impl Default for CsiConfig {
+    fn default() -> Self {
+        CsiConfig { max_held: 100 }
+    }
 }
 
 /// Instant-messaging limits (RFC 6121 and the per-user services).
@@ -113,7 +181,39 @@ pub struct MucConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
+    /// Listeners for WebSocket (RFC 7395), BOSH (XEP-0206), host-meta and the web page.
     pub listen: Vec<String>,
+    /// Serve HTTPS (and so `wss://`) on these listeners with the `[tls]` certificate.
+    pub tls: bool,
+    /// Treat every HTTP connection as encrypted, for a TLS-terminating reverse proxy that
+    /// reaches this listener over a network it trusts.
+    pub consider_secure: bool,
+    /// Treat connections from a loopback address as encrypted: the bytes never leave
+    /// the machine, which is the usual place for a reverse proxy.
+    pub loopback_is_secure: bool,
+    /// Base URL clients use to reach this listener ("https://chat.example.org"), for
+    /// host-meta and the web page. Empty: taken from each request's Host header.
+    pub public_url: String,
+    /// Folder holding the web chat's package.json and, once `npm ci` has run there,
+    /// node_modules/converse.js. Relative paths are from the working directory.
+    pub web_root: PathBuf,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Largest request body (a BOSH request), in bytes.
+    pub max_body_bytes: usize,
+    /// Simultaneous HTTP connections on all listeners together.
+    pub max_connections: usize,
+    /// Seconds a client may take to send a request head, and may keep an idle
+    /// connection open between requests.
+    pub request_timeout_secs: u64,
+    /// Longest a BOSH request may be held waiting for data (the client's `wait` is
+    /// capped to this).
+    pub bosh_max_wait_secs: u64,
+    /// Seconds without any request after which a BOSH session ends.
+    pub bosh_inactivity_secs: u64,
+    /// BOSH requests the server may hold at once per session (the client's `hold` is
+    /// capped to this).
+    pub bosh_max_hold: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -167,6 +267,9 @@ impl Default for Config {
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
             im: ImConfig::default(),
+            sm: SmConfig::default(),
+            mam: MamConfig::default(),
+            csi: CsiConfig::default(),
         }
     }
 }
@@ -202,6 +305,18 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: vec!["127.0.0.1:5280".into()],
+            tls: false,
+            consider_secure: false,
+            loopback_is_secure: true,
+            public_url: String::new(),
+            web_root: PathBuf::from("web"),
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 512 * 1024,
+            max_connections: 10_000,
+            request_timeout_secs: 30,
+            bosh_max_wait_secs: 60,
+            bosh_inactivity_secs: 60,
+            bosh_max_hold: 1,
         }
     }
 }
@@ -340,7 +455,52 @@ impl Config {
                 l.command_session_timeout_secs >= 1 && l.command_session_timeout_secs <= 86_400,
                 "limits.command_session_timeout_secs must be 1..86400",
             ),
+            (
+                self.http.max_header_bytes >= 8192 && self.http.max_header_bytes <= 1 << 20,
+                "http.max_header_bytes must be 8 KiB..1 MiB",
+            ),
+            (
+                self.http.max_body_bytes >= 1024 && self.http.max_body_bytes <= 64 << 20,
+                "http.max_body_bytes must be 1 KiB..64 MiB",
+            ),
+            (self.http.max_connections >= 1, "http.max_connections >= 1"),
+            (
+                self.http.request_timeout_secs >= 1,
+                "http.request_timeout_secs >= 1",
+            ),
+            (
+                self.http.bosh_max_wait_secs >= 1 && self.http.bosh_max_wait_secs <= 3600,
+                "http.bosh_max_wait_secs must be 1..3600",
+            ),
+            (
+                self.http.bosh_inactivity_secs >= 1,
+                "http.bosh_inactivity_secs >= 1",
+            ),
+            (
+                self.http.bosh_max_hold >= 1 && self.http.bosh_max_hold <= 16,
+                "http.bosh_max_hold must be 1..16",
+            ),
+            (
+                self.http.public_url.is_empty()
+                    || ((self.http.public_url.starts_with("http://")
+                        || self.http.public_url.starts_with("https://"))
+                        && !self.http.public_url.contains(['"', '\'', '<', '>', ' '])),
+                "http.public_url must be empty or an http(s):// URL",
+            ),
             (l.write_timeout_secs >= 1, "limits.write_timeout_secs >= 1"),
+            (self.sm.max_unacked >= 16, "sm.max_unacked >= 16"),
+            (
+                self.mam.max_page >= 1 && self.mam.default_page >= 1,
+                "mam.max_page and mam.default_page >= 1",
+            ),
+            (
+                matches!(
+                    self.mam.default_mode.as_str(),
+                    "always" | "never" | "roster"
+                ),
+                "mam.default_mode is always, never or roster",
+            ),
+            (self.csi.max_held >= 1, "csi.max_held >= 1"),
         ];
         for (ok, msg) in checks {
             if !ok {

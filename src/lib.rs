@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod datetime;
 pub mod forms;
+pub mod http;
 pub mod im;
 pub mod module;
 pub mod muc;
@@ -42,6 +43,8 @@ pub struct ServerState {
     pub sessions: Sessions,
     pub registry: Registry,
     pub tls: TlsSetup,
+    /// XEP-0198 sessions that can be resumed, by id.
+    pub resumable: c2s::sm::Resumable,
     pub s2s: s2s::S2s,
     connections: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -100,6 +103,7 @@ impl ServerState {
             registry,
             tls,
             s2s: s2s::S2s::new(),
+            resumable: c2s::sm::Resumable::default(),
             connections: Mutex::new(HashMap::new()),
         }
     }
@@ -133,6 +137,8 @@ pub struct Server {
     /// Bound addresses: (c2s STARTTLS, c2s direct TLS).
     pub c2s_addrs: Vec<SocketAddr>,
     pub c2s_tls_addrs: Vec<SocketAddr>,
+    /// Bound HTTP listeners (WebSocket, BOSH, host-meta, web chat).
+    pub http_addrs: Vec<SocketAddr>,
     /// Bound addresses: (s2s STARTTLS, s2s direct TLS).
     pub s2s_addrs: Vec<SocketAddr>,
     pub s2s_tls_addrs: Vec<SocketAddr>,
@@ -162,6 +168,7 @@ impl Server {
             state: state.clone(),
             c2s_addrs: Vec::new(),
             c2s_tls_addrs: Vec::new(),
+            http_addrs: Vec::new(),
             s2s_addrs: Vec::new(),
             s2s_tls_addrs: Vec::new(),
             shutdown,
@@ -177,6 +184,21 @@ impl Server {
             let bound = server.listen(addr, Listener::C2sTls).await?;
             server.c2s_tls_addrs.push(bound);
         }
+        // Every HTTP task holds an `alive` clone, so shutdown waits for them as for c2s.
+        let web = http::Http::new(
+            state.clone(),
+            server.shutdown.subscribe(),
+            server.alive_tx.clone(),
+        );
+        for addr in config::parse_addrs(&state.config.http.listen)? {
+            let (bound, task) = web
+                .listen(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?;
+            server.http_addrs.push(bound);
+            server.tasks.push(task);
+        }
+        drop(web);
         for addr in config::parse_addrs(&state.config.s2s.listen)? {
             let bound = server.listen(addr, Listener::S2s).await?;
             server.s2s_addrs.push(bound);
@@ -193,6 +215,7 @@ impl Server {
             domain = %state.config.domain,
             c2s = ?server.c2s_addrs,
             c2s_tls = ?server.c2s_tls_addrs,
+            http = ?server.http_addrs,
             s2s = ?server.s2s_addrs,
             s2s_tls = ?server.s2s_tls_addrs,
             "Starling started"

@@ -83,6 +83,7 @@ type AvailableHook = Box<dyn Fn(&ServerState, &SessionHandle, &Element) + Send +
 type FilterFn = Box<dyn Fn(&ServerState, &Filtered<'_>) -> Verdict + Send + Sync>;
 type DeliveredHook = Box<dyn Fn(&ServerState, &BareJid, &Element, &[u64]) + Send + Sync>;
 type SentHook = Box<dyn Fn(&ServerState, &SessionHandle, &Element) + Send + Sync>;
+type InboundHook = Box<dyn Fn(&ServerState, &BareJid, &mut Element) + Send + Sync>;
 
 /// A change of a session's broadcast presence.
 pub struct PresenceEvent<'a> {
@@ -155,6 +156,7 @@ pub struct Registry {
     filters: Vec<FilterFn>,
     delivered: Vec<DeliveredHook>,
     sent: Vec<SentHook>,
+    inbound: Vec<InboundHook>,
     stream_features: Vec<Element>,
     /// XEP-0050 commands, in registration order (the order disco lists them).
     commands: Vec<CommandDef>,
@@ -316,6 +318,21 @@ impl Registry {
         f: impl Fn(&ServerState, &SessionHandle, &Element) + Send + Sync + 'static,
     ) {
         self.sent.push(Box::new(f));
+    }
+
+    /// Called once for every message routed to a local account, before delivery or
+    /// offline storage, and allowed to change it (the archive stamps its id on it).
+    pub fn on_message_inbound(
+        &mut self,
+        f: impl Fn(&ServerState, &BareJid, &mut Element) + Send + Sync + 'static,
+    ) {
+        self.inbound.push(Box::new(f));
+    }
+
+    pub(crate) fn run_inbound(&self, server: &ServerState, to: &BareJid, m: &mut Element) {
+        for hook in &self.inbound {
+            hook(server, to, m);
+        }
     }
 
     pub fn has_domain(&self, domain: &str) -> bool {

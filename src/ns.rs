@@ -19,6 +19,12 @@ pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 pub const DATA_FORMS: &str = "jabber:x:data";
 pub const DELAY: &str = "urn:xmpp:delay";
+/// RFC 7395 WebSocket framing (`<open/>`, `<close/>`).
+pub const FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
+/// XEP-0124 BOSH body wrapper.
+pub const HTTPBIND: &str = "http://jabber.org/protocol/httpbind";
+/// XEP-0206 attributes on the BOSH body (`xmpp:version`, `xmpp:restart`).
+pub const XBOSH: &str = "urn:xmpp:xbosh";
 /// XEP-0220 dialback elements (`db:` prefix on the wire).
 pub const DIALBACK: &str = "jabber:server:dialback";
 /// XEP-0220 stream feature advertising dialback (with `<errors/>` support).
@@ -52,3 +58,15 @@ pub const MUC_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimi
 pub const CONFERENCE: &str = "jabber:x:conference";
 /// XEP-0421 anonymous unique occupant identifiers.
 pub const OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
+/// XEP-0198 stream management.
+pub const SM: &str = "urn:xmpp:sm:3";
+/// XEP-0313 message archive management.
+pub const MAM: &str = "urn:xmpp:mam:2";
+/// XEP-0059 result set management.
+pub const RSM: &str = "http://jabber.org/protocol/rsm";
+/// XEP-0359 unique and stable stanza ids.
+pub const SID: &str = "urn:xmpp:sid:0";
+/// XEP-0352 client state indication.
+pub const CSI: &str = "urn:xmpp:csi:0";
+/// XEP-0085 chat state notifications.
+pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";

@@ -140,17 +140,31 @@ fn route_parsed(server: &ServerState, kind: Kind, from: Jid, to: Option<Jid>, st
         Destination::Server => to_server(server, kind, &from, &to, stanza),
         Destination::LocalBare(bare) => {
             if inbound_allowed(server, &from, &bare, &stanza) {
+                let stanza = inbound_message(server, kind, &bare, stanza);
                 to_bare(server, kind, &from, bare, stanza)
             }
         }
         Destination::LocalFull(full) => {
             if inbound_allowed(server, &from, &full.to_bare(), &stanza) {
+                let stanza = inbound_message(server, kind, &full.to_bare(), stanza);
                 to_full(server, kind, &from, full, stanza)
             }
         }
         Destination::Service(domain) => server.registry.deliver_to_domain(server, &domain, stanza),
         Destination::Remote(domain) => crate::s2s::send(server, &domain, stanza),
     }
+}
+
+/// Runs the inbound-message hooks (the archive) exactly once per message and account:
+/// here, where a message first reaches the account, rather than in the delivery rules,
+/// which may run again for the same message (a resource gone, a session ended).
+fn inbound_message(server: &ServerState, kind: Kind, to: &BareJid, stanza: Element) -> Element {
+    if kind != Kind::Message {
+        return stanza;
+    }
+    let mut stanza = stanza;
+    server.registry.run_inbound(server, to, &mut stanza);
+    stanza
 }
 
 /// Sends the RFC's error back to the sender of `stanza` (never for errors themselves).
@@ -341,6 +355,11 @@ pub fn undeliverable(server: &ServerState, stanza: Element) {
         Some(Kind::Message) => {
             let ty = stanza.attr("type").unwrap_or("normal");
             if ty == "error" || ty == "headline" || ty == "groupchat" {
+                return;
+            }
+            // An archive query's result is an answer to that session, not a message for
+            // the account.
+            if stanza.has_child("result", crate::ns::MAM) {
                 return;
             }
             let bare = stanza

@@ -663,3 +663,23 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_messages_go_offline() {
     drop(stalled);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn refused_channel_binding_types_do_not_use_up_attempts() {
+    let s = server_with_users().await;
+    let mut c = Client::connect(s.c2s).await;
+    c.starttls().await;
+    // What slixmpp does on TLS 1.2: ask for tls-unique, which TLS 1.3 servers cannot give.
+    for _ in 0..4 {
+        let first = B64.encode(b"p=tls-unique,,n=alice,r=0123456789abcdef");
+        c.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256-PLUS'>{first}</auth>"
+        ))
+        .await;
+        let r = c.el().await;
+        assert_eq!(r.name(), "failure", "{r}");
+    }
+    let mut mech = Scram::<Sha256>::from_credentials(creds("alice", "wonderland")).unwrap();
+    assert_eq!(c.auth(&mut mech).await.name(), "success");
+    s.stop().await;
+}

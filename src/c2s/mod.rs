@@ -1,7 +1,9 @@
 //! Client-to-server streams (RFC 6120): header checks, STARTTLS, SASL, resource binding,
 //! then the session loop. One task per connection owns its socket, parser and state.
 
-mod stream;
+mod csi;
+pub mod sm;
+pub mod stream;
 
 use crate::ns;
 use crate::router;
@@ -14,6 +16,7 @@ use crate::xml::Element;
 use crate::ServerState;
 use base64::Engine;
 use jid::{BareJid, FullJid, Jid};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +27,14 @@ use tracing::Instrument;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+/// Stream-level extensions implemented here rather than by a module of their own.
+pub fn register(reg: &mut crate::module::Registry) {
+    reg.spec("0198", "1.6.1", "Stream Management");
+    reg.stream_feature(Element::new("sm", ns::SM));
+    reg.spec("0352", "1.0.0", "Client State Indication");
+    reg.stream_feature(Element::new("csi", ns::CSI));
+}
+
 /// Serves one accepted client connection to completion.
 pub async fn serve(
     server: Arc<ServerState>,
@@ -33,10 +44,7 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let span = tracing::info_span!("c2s", %peer, jid = tracing::field::Empty);
-    // This future lives as long as the connection, and its size is that of its largest
-    // await point. The handshake, negotiation and closing steps are big (TLS state,
-    // SASL, scratch buffers) but short-lived, so they are boxed: the heap holds them only
-    // while they run, and an established session carries only the session loop's state.
+    // The TLS handshake is boxed for the reason given on `run`.
     async move {
         let _ = tcp.set_nodelay(true);
         let mut conn = Conn::new(&server, tcp, peer);
@@ -46,64 +54,146 @@ pub async fn serve(
                 return;
             }
         }
-        let mut shutdown = shutdown;
-        let auth_timeout = Duration::from_secs(server.config.limits.auth_timeout_secs);
-        let negotiated = tokio::select! {
-            r = tokio::time::timeout(auth_timeout, Box::pin(negotiate(&server, &mut conn))) => match r {
-                Ok(r) => r,
-                Err(_) => Err(C2sError::Stream(StreamError::new("connection-timeout")
-                    .with_text("authentication took too long"))),
-            },
-            _ = shutdown.changed() => Err(C2sError::Stream(StreamError::new("system-shutdown"))),
-        };
-        let (handle, channels) = match negotiated {
-            Ok(bound) => bound,
-            Err(e) => return Box::pin(conn.finish(e)).await,
-        };
-        tracing::Span::current().record("jid", tracing::field::display(&handle.jid));
-        tracing::info!("session started");
-        server.registry.run_session_start(&server, &handle);
-        let mut channels = channels;
-        let result = session_loop(&server, &mut conn, &handle, &mut channels, &mut shutdown).await;
-        end_session(&server, &handle, &mut channels);
-        tracing::info!("session ended");
-        Box::pin(conn.finish(result.err().unwrap_or(C2sError::Closed))).await;
+        run(server, conn, shutdown).await
     }
     .instrument(span)
     .await
 }
 
+/// Serves a stream over an HTTP transport (WebSocket, BOSH) to completion.
+pub async fn serve_framed(
+    server: Arc<ServerState>,
+    end: stream::Framed,
+    peer: SocketAddr,
+    transport: &'static str,
+    shutdown: watch::Receiver<bool>,
+) {
+    let span = tracing::info_span!("c2s", %peer, transport, jid = tracing::field::Empty);
+    let conn = Conn::framed(&server, end, peer);
+    run(server, conn, shutdown).instrument(span).await
+}
+
+/// Negotiation, then the session, on a prepared connection.
+/// The connection's future lives as long as the connection, and its size is that of its
+/// largest await point. Negotiation, resumption, closing and parking are big (TLS and SASL
+/// state, scratch buffers) but short-lived or rare, so they are boxed: the heap holds them
+/// only while they run, and an established session carries only the session loop's state.
+async fn run(server: Arc<ServerState>, mut conn: Conn, shutdown: watch::Receiver<bool>) {
+    {
+        let mut shutdown = shutdown;
+        let auth_timeout = Duration::from_secs(server.config.limits.auth_timeout_secs);
+        let mut authenticated = None;
+        let mut continuing = false;
+        let (live, resumed) = loop {
+            let negotiated = tokio::select! {
+                r = tokio::time::timeout(
+                    auth_timeout,
+                    Box::pin(negotiate(&server, &mut conn, &mut authenticated, continuing)),
+                ) => match r {
+                    Ok(r) => r,
+                    Err(_) => Err(C2sError::Stream(StreamError::new("connection-timeout")
+                        .with_text("authentication took too long"))),
+                },
+                _ = shutdown.changed() => Err(C2sError::Stream(StreamError::new("system-shutdown"))),
+            };
+            match negotiated {
+                Ok(Negotiated::Bound(live)) => break (live, false),
+                Ok(Negotiated::Resume { bare, previd, h }) => {
+                    // Outside the timeout and shutdown race on purpose: a session handed
+                    // over to us must never be dropped half-way by a cancelled future.
+                    match Box::pin(resume(&server, &mut conn, &bare, &previd, h)).await {
+                        Some(live) => break (live, true),
+                        None => continuing = true,
+                    }
+                }
+                Err(e) => return Box::pin(conn.finish(e)).await,
+            }
+        };
+        tracing::Span::current().record("jid", tracing::field::display(&live.handle.jid));
+        tracing::info!(resumed, "session started");
+        if !resumed {
+            // A resumed session is the same session: it started once.
+            server.registry.run_session_start(&server, &live.handle);
+        }
+        let mut live = live;
+        let mut first = resumed;
+        loop {
+            let end = if std::mem::take(&mut first) {
+                // `<resumed/>` and the retransmissions were queued by `resume`.
+                match conn.flush().await {
+                    Ok(()) => session_loop(&server, &mut conn, &mut live, &mut shutdown).await,
+                    Err(e) => End::Lost(e),
+                }
+            } else {
+                session_loop(&server, &mut conn, &mut live, &mut shutdown).await
+            };
+            match end {
+                End::TakenOver(reply) => {
+                    conn.discard_output();
+                    match reply.send(live) {
+                        Ok(()) => {
+                            tracing::info!("session resumed on another connection");
+                            let err = StreamError::new("conflict")
+                                .with_text("the session was resumed on another connection");
+                            return Box::pin(conn.finish(C2sError::Stream(err))).await;
+                        }
+                        // The resuming connection went away before taking it: carry on.
+                        Err(back) => live = back,
+                    }
+                }
+                End::Lost(err) if live.resumable() => {
+                    tracing::info!("connection lost; session kept for resumption");
+                    Box::pin(conn.finish(err)).await;
+                    return Box::pin(park(&server, live, &mut shutdown)).await;
+                }
+                End::Lost(err) | End::Over(err) => {
+                    finish_live(&server, *live);
+                    tracing::info!("session ended");
+                    return Box::pin(conn.finish(err)).await;
+                }
+            }
+        }
+    }
+}
+
 /// Stream negotiation, from the first header to a bound resource.
+/// `continuing`: the stream is already open and authenticated (a resumption attempt
+/// failed and the client may bind instead), so no header or features are expected.
 async fn negotiate(
     server: &ServerState,
     conn: &mut Conn,
-) -> Result<(SessionHandle, SessionChannels), C2sError> {
-    let mut authenticated: Option<BareJid> = None;
+    authenticated: &mut Option<BareJid>,
+    continuing: bool,
+) -> Result<Negotiated, C2sError> {
     let mut failures = 0u32;
+    let mut continuing = continuing;
     'stream: loop {
-        let header = conn.expect_header().await?;
-        check_header(server, &header).map_err(C2sError::Stream)?;
-        conn.send_header(server, header.attr("from")).await?;
         let offered = offered_mechanisms(server, conn);
-        conn.send(&features(server, conn, authenticated.is_some(), &offered))
-            .await?;
+        if !std::mem::take(&mut continuing) {
+            let header = conn.expect_header().await?;
+            check_header(server, &header).map_err(C2sError::Stream)?;
+            conn.send_header(server, header.attr("from")).await?;
+            conn.send(&features(server, conn, authenticated.is_some(), &offered))
+                .await?;
+        }
         loop {
             let el = conn.expect_element().await?;
             match (authenticated.as_ref(), el.ns(), el.name()) {
-                (None, ns::TLS, "starttls") if !conn.is_tls() => {
+                (None, ns::TLS, "starttls") if conn.can_starttls() => {
                     conn.send(&Element::new("proceed", ns::TLS)).await?;
                     conn.start_tls_after_proceed(server).await?;
                     continue 'stream;
                 }
                 (None, ns::SASL, "auth") if !offered.is_empty() => {
                     match authenticate(server, conn, &el, &offered).await? {
-                        Some(bare) => {
+                        AuthOutcome::Success(bare) => {
                             tracing::info!(user = %bare, "authenticated");
-                            authenticated = Some(bare);
+                            *authenticated = Some(bare);
                             conn.restart_authenticated(server);
                             continue 'stream;
                         }
-                        None => {
+                        AuthOutcome::Refused => {}
+                        AuthOutcome::WrongCredentials => {
                             failures += 1;
                             if failures >= server.config.limits.max_auth_attempts {
                                 return Err(C2sError::Stream(
@@ -124,9 +214,31 @@ async fn negotiate(
                     conn.send(&reply).await?;
                 }
                 (Some(bare), ns::CLIENT, "iq") => {
-                    if let Some(bound) = try_bind(server, conn, bare, &el).await? {
-                        return Ok(bound);
+                    if let Some((handle, channels)) = try_bind(server, conn, bare, &el).await? {
+                        return Ok(Negotiated::Bound(Box::new(Live {
+                            handle,
+                            channels,
+                            sm: None,
+                            csi: csi::Csi::default(),
+                        })));
                     }
+                }
+                (Some(bare), ns::SM, "resume") => {
+                    let h = el.attr("h").and_then(|h| h.trim().parse::<u32>().ok());
+                    match (el.attr("previd"), h) {
+                        (Some(previd), Some(h)) => {
+                            return Ok(Negotiated::Resume {
+                                bare: bare.clone(),
+                                previd: previd.to_string(),
+                                h,
+                            })
+                        }
+                        _ => conn.send(&sm::failed("bad-request", None)).await?,
+                    }
+                }
+                (Some(_), ns::SM, "enable") => {
+                    // XEP-0198 §3: only a bound resource can enable stream management.
+                    conn.send(&sm::failed("unexpected-request", None)).await?;
                 }
                 (None, _, _) => {
                     return Err(C2sError::Stream(
@@ -207,7 +319,7 @@ fn features(
         }
         return f;
     }
-    if !conn.is_tls() {
+    if conn.can_starttls() {
         let mut tls = Element::new("starttls", ns::TLS);
         if server.config.c2s.require_encryption {
             tls.push(Element::new("required", ns::TLS));
@@ -272,12 +384,23 @@ fn lookup(server: &ServerState, username: &str) -> Lookup {
 
 /// Runs one SASL exchange (RFC 6120 §6.4). `Ok(None)` is a failed attempt the client
 /// may retry; the failure has been sent.
+/// How one SASL exchange ended.
+enum AuthOutcome {
+    Success(BareJid),
+    /// Refused before any credentials were consulted (unknown mechanism or channel-binding
+    /// type, bad encoding): not a password guess, so neither delayed nor counted. COMPAT:
+    /// slixmpp on TLS 1.2 tries `p=tls-unique` on each -PLUS mechanism before falling back.
+    Refused,
+    /// Credentials were checked and did not match (or the account cannot log in).
+    WrongCredentials,
+}
+
 async fn authenticate(
     server: &ServerState,
     conn: &mut Conn,
     auth: &Element,
     offered: &[&'static str],
-) -> Result<Option<BareJid>, C2sError> {
+) -> Result<AuthOutcome, C2sError> {
     let mechanism = auth.attr("mechanism").unwrap_or("");
     let mut session = match ServerSession::start(
         mechanism,
@@ -289,32 +412,36 @@ async fn authenticate(
         Err(f) => {
             tracing::info!(mechanism, "SASL mechanism refused");
             conn.send(&sasl_failure(f, None)).await?;
-            return Ok(None);
+            return Ok(AuthOutcome::Refused);
         }
     };
+    let mut consulted = false;
     let initial = auth.text();
     let mut input = if initial.trim().is_empty() {
         // No initial response: ask for it with an empty challenge.
         conn.send(&Element::new("challenge", ns::SASL)).await?;
         match next_sasl_response(conn).await? {
             Ok(data) => data,
-            Err(f) => return fail(server, conn, f, None).await,
+            Err(f) => return fail(server, conn, f, None, consulted).await,
         }
     } else {
         match decode_sasl(&initial) {
             Ok(data) => data,
-            Err(()) => return fail(server, conn, Failure::IncorrectEncoding, None).await,
+            Err(()) => return fail(server, conn, Failure::IncorrectEncoding, None, false).await,
         }
     };
     loop {
-        let step = session.step(&input, &mut |user| lookup(server, user));
+        let step = session.step(&input, &mut |user| {
+            consulted = true;
+            lookup(server, user)
+        });
         match step {
             Step::Challenge(data) => {
                 conn.send(&Element::new("challenge", ns::SASL).with_text(B64.encode(data)))
                     .await?;
                 input = match next_sasl_response(conn).await? {
                     Ok(data) => data,
-                    Err(f) => return fail(server, conn, f, None).await,
+                    Err(f) => return fail(server, conn, f, None, consulted).await,
                 };
             }
             Step::Success {
@@ -323,16 +450,16 @@ async fn authenticate(
             } => {
                 let bare = match BareJid::new(&format!("{username}@{}", server.config.domain)) {
                     Ok(b) => b,
-                    Err(_) => return fail(server, conn, Failure::NotAuthorized, None).await,
+                    Err(_) => return fail(server, conn, Failure::NotAuthorized, None, true).await,
                 };
                 let mut success = Element::new("success", ns::SASL);
                 if !additional_data.is_empty() {
                     success.push_text(B64.encode(additional_data));
                 }
                 conn.send(&success).await?;
-                return Ok(Some(bare));
+                return Ok(AuthOutcome::Success(bare));
             }
-            Step::Failure(f, text) => return fail(server, conn, f, text).await,
+            Step::Failure(f, text) => return fail(server, conn, f, text, consulted).await,
         }
     }
 }
@@ -342,9 +469,10 @@ async fn fail(
     conn: &mut Conn,
     failure: Failure,
     text: Option<String>,
-) -> Result<Option<BareJid>, C2sError> {
+    consulted: bool,
+) -> Result<AuthOutcome, C2sError> {
     tracing::info!(condition = failure.condition(), "authentication failed");
-    if failure != Failure::Aborted {
+    if consulted && failure != Failure::Aborted {
         // Slows password guessing down; the connection holds nothing else meanwhile.
         tokio::time::sleep(Duration::from_millis(
             server.config.limits.auth_failure_delay_ms,
@@ -352,7 +480,11 @@ async fn fail(
         .await;
     }
     conn.send(&sasl_failure(failure, text)).await?;
-    Ok(None)
+    Ok(if consulted && failure != Failure::Aborted {
+        AuthOutcome::WrongCredentials
+    } else {
+        AuthOutcome::Refused
+    })
 }
 
 /// Reads the client's `<response/>` (or `<abort/>`).
@@ -421,74 +553,302 @@ fn random_resource() -> String {
     )
 }
 
+/// What negotiation ends with.
+enum Negotiated {
+    Bound(Box<Live>),
+    /// The client asked to resume a session (XEP-0198 §5) instead of binding.
+    Resume {
+        bare: BareJid,
+        previd: String,
+        h: u32,
+    },
+}
+
+/// A bound session and the protocol state that moves with it when it is resumed on
+/// another connection.
+pub struct Live {
+    pub handle: SessionHandle,
+    pub channels: SessionChannels,
+    /// Stream management, once the client enabled it.
+    pub sm: Option<sm::SmState>,
+    csi: csi::Csi,
+}
+
+impl Live {
+    fn resumable(&self) -> bool {
+        self.sm.as_ref().is_some_and(|s| s.id.is_some())
+    }
+}
+
+/// How a session loop ended.
+enum End {
+    /// The connection went away without the client closing the stream (I/O error, EOF,
+    /// silence): a resumable session waits for the client to come back.
+    Lost(C2sError),
+    /// The session is over (the client closed the stream, a stream error, shutdown).
+    Over(C2sError),
+    /// Another connection resumed this session.
+    TakenOver(sm::TakeoverRequest),
+}
+
+/// Takes over a detached (or not yet noticed dead) session for this connection and
+/// queues `<resumed/>` and the retransmissions. `None`: `<failed/>` was queued and the
+/// client may bind a fresh resource instead.
+async fn resume(
+    server: &ServerState,
+    conn: &mut Conn,
+    bare: &BareJid,
+    previd: &str,
+    h: u32,
+) -> Option<Box<Live>> {
+    let mut live = match server.resumable.take(previd, bare).await {
+        Ok(live) => live,
+        Err(sm::ResumeError::NotFound) => {
+            tracing::info!("resumption refused: unknown or expired id");
+            conn.queue(&sm::failed("item-not-found", None));
+            let _ = conn.flush().await;
+            return None;
+        }
+    };
+    if live.sm.is_none() {
+        // Only stream-management sessions are registered for resumption; should one
+        // without it ever turn up, it still ends properly rather than being dropped.
+        finish_live(server, *live);
+        return None;
+    }
+    let state = live.sm.as_mut()?;
+    if let Err(t) = state.ack(h) {
+        // The client claims stanzas it was never sent: its view of the session cannot be
+        // trusted, so the session ends (unacknowledged messages go to offline storage).
+        let mut f = sm::failed("undefined-condition", Some(state.inbound));
+        f.push(
+            Element::new("handled-count-too-high", ns::SM)
+                .with_attr("h", t.h.to_string())
+                .with_attr("send-count", t.sent.to_string()),
+        );
+        conn.queue(&f);
+        let _ = conn.flush().await;
+        finish_live(server, *live);
+        return None;
+    }
+    state.requested = false;
+    conn.queue(
+        &Element::new("resumed", ns::SM)
+            .with_attr("previd", previd)
+            .with_attr("h", state.inbound.to_string()),
+    );
+    // Exactly the stanzas the client did not acknowledge, in their original order and
+    // with their original numbers (so they are not recorded a second time).
+    for el in &state.unacked {
+        conn.queue(el);
+    }
+    // Resumption starts the client out active (XEP-0352 state belongs to a stream);
+    // what was held back is newer than anything already sent, so it comes after.
+    live.csi.inactive = false;
+    for el in live.csi.release() {
+        write(conn, live.sm.as_mut(), &el);
+    }
+    if let Some(state) = live.sm.as_mut() {
+        if !state.unacked.is_empty() {
+            conn.queue(&sm::r());
+            state.requested = true;
+        }
+    }
+    Some(live)
+}
+
+/// Keeps a detached session until it is resumed or its time is up.
+async fn park(server: &ServerState, mut live: Box<Live>, shutdown: &mut watch::Receiver<bool>) {
+    enum Ev {
+        Take(sm::TakeoverRequest),
+        End,
+    }
+    let deadline = tokio::time::sleep(Duration::from_secs(server.config.sm.resume_timeout_secs));
+    tokio::pin!(deadline);
+    while let Some(takeover) = live.sm.as_mut().and_then(|s| s.takeover.as_mut()) {
+        let ev = tokio::select! {
+            req = takeover.recv() => match req {
+                Some(reply) => Ev::Take(reply),
+                None => Ev::End,
+            },
+            // Replaced by a new bind of the same resource, account closed, or a queue
+            // that overflowed while detached: the session is over.
+            _ = live.channels.control.recv() => Ev::End,
+            _ = &mut deadline => Ev::End,
+            _ = shutdown.changed() => Ev::End,
+        };
+        match ev {
+            Ev::Take(reply) => match reply.send(live) {
+                Ok(()) => return,
+                Err(back) => live = back,
+            },
+            Ev::End => break,
+        }
+    }
+    tracing::info!("detached session ended");
+    finish_live(server, *live);
+}
+
+/// Ends a session for good.
+fn finish_live(server: &ServerState, live: Live) {
+    let Live {
+        handle,
+        mut channels,
+        sm,
+        csi: _,
+    } = live;
+    // Held-back presence and chat states are stale once nobody will read them.
+    let unacked = sm.map(|s| {
+        if let Some(id) = &s.id {
+            server.resumable.remove(id);
+        }
+        s.unacked
+    });
+    end_session(server, &handle, &mut channels, unacked);
+}
+
+/// Writes a stanza to the client, counting it when stream management is on.
+fn write(conn: &mut Conn, sm: Option<&mut sm::SmState>, el: &Element) {
+    conn.queue(el);
+    if let Some(sm) = sm {
+        if el.ns() == ns::CLIENT && Kind::of(el).is_some() {
+            sm.record_sent(el);
+        }
+    }
+}
+
+/// Offers an outbound stanza to client state indication, then writes what is due.
+fn emit(server: &ServerState, conn: &mut Conn, live: &mut Live, el: Element) {
+    if let Some(list) = live.csi.offer(el, server.config.csi.max_held) {
+        for el in &list {
+            write(conn, live.sm.as_mut(), el);
+        }
+    }
+}
+
+/// After a batch of output: ask for an acknowledgement if none is outstanding, and stop
+/// a client that lets unacknowledged stanzas pile up.
+fn request_ack(server: &ServerState, conn: &mut Conn, live: &mut Live) -> Result<(), C2sError> {
+    let Some(state) = live.sm.as_mut() else {
+        return Ok(());
+    };
+    if state.unacked.len() > server.config.sm.max_unacked {
+        return Err(C2sError::Stream(
+            StreamError::new("policy-violation").with_text("too many unacknowledged stanzas"),
+        ));
+    }
+    if !state.unacked.is_empty() && !state.requested {
+        conn.queue(&sm::r());
+        state.requested = true;
+    }
+    Ok(())
+}
+
 /// The bound session: stanzas in from the client, stanzas out from the router.
 async fn session_loop(
     server: &ServerState,
     conn: &mut Conn,
-    handle: &SessionHandle,
-    channels: &mut SessionChannels,
+    live: &mut Live,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), C2sError> {
+) -> End {
+    enum Ev {
+        Control(Option<Control>),
+        Shutdown,
+        Out(Option<Outbound>),
+        Read(Result<Result<(), C2sError>, tokio::time::error::Elapsed>),
+        Takeover(Option<sm::TakeoverRequest>),
+    }
     let idle = Duration::from_secs(server.config.limits.idle_timeout_secs);
-    let result = loop {
-        tokio::select! {
+    loop {
+        let takeover = live.sm.as_mut().and_then(|s| s.takeover.as_mut());
+        let ev = tokio::select! {
             biased;
-            ctl = channels.control.recv() => match ctl {
-                Some(Control::Close(err)) => {
-                    // What was queued before the order (a reply, an announcement) still
-                    // goes out ahead of the stream error.
-                    while let Ok(Outbound::Stanza(el)) = channels.rx.try_recv() {
-                        conn.queue(&el);
-                    }
-                    break Err(C2sError::Stream(err));
+            ctl = live.channels.control.recv() => Ev::Control(ctl),
+            _ = shutdown.changed() => Ev::Shutdown,
+            req = async {
+                match takeover {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
                 }
-                None => break Err(C2sError::Closed),
-            },
-            _ = shutdown.changed() => {
-                break Err(C2sError::Stream(StreamError::new("system-shutdown")));
+            } => Ev::Takeover(req),
+            out = live.channels.rx.recv() => Ev::Out(out),
+            read = tokio::time::timeout(idle, conn.read_some()) => Ev::Read(read),
+        };
+        match ev {
+            Ev::Control(Some(Control::Close(err))) => {
+                // What was queued before the order (a reply, an announcement) still
+                // goes out ahead of the stream error.
+                while let Ok(Outbound::Stanza(el)) = live.channels.rx.try_recv() {
+                    emit(server, conn, live, el);
+                }
+                for el in live.csi.release() {
+                    write(conn, live.sm.as_mut(), &el);
+                }
+                return End::Over(C2sError::Stream(err));
             }
-            out = channels.rx.recv() => match out {
-                Some(Outbound::Stanza(el)) => {
-                    conn.queue(&el);
-                    // Batch whatever else is already waiting into the same write.
-                    let mut n = 0;
-                    while n < 64 {
-                        match channels.rx.try_recv() {
-                            Ok(Outbound::Stanza(el)) => conn.queue(&el),
-                            Err(_) => break,
-                        }
-                        n += 1;
-                    }
-                    if let Err(e) = conn.flush().await {
-                        break Err(e);
-                    }
+            Ev::Control(None) | Ev::Out(None) => return End::Over(C2sError::Closed),
+            Ev::Shutdown => {
+                return End::Over(C2sError::Stream(StreamError::new("system-shutdown")))
+            }
+            Ev::Takeover(Some(reply)) => return End::TakenOver(reply),
+            Ev::Takeover(None) => {
+                if let Some(s) = live.sm.as_mut() {
+                    s.takeover = None;
                 }
-                None => break Err(C2sError::Closed),
-            },
-            read = tokio::time::timeout(idle, conn.read_some()) => {
-                match read {
-                    Err(_) => break Err(C2sError::Stream(StreamError::new("connection-timeout"))),
-                    Ok(Err(e)) => break Err(e),
-                    Ok(Ok(())) => {}
+            }
+            Ev::Out(Some(Outbound::Stanza(el))) => {
+                emit(server, conn, live, el);
+                // Batch whatever else is already waiting into the same write.
+                let mut n = 0;
+                while n < 64 {
+                    match live.channels.rx.try_recv() {
+                        Ok(Outbound::Stanza(el)) => emit(server, conn, live, el),
+                        Err(_) => break,
+                    }
+                    n += 1;
                 }
-                if let Err(e) = drain_events(server, conn, handle) {
-                    break Err(e);
+                if let Err(e) = request_ack(server, conn, live) {
+                    return End::Over(e);
                 }
                 if let Err(e) = conn.flush().await {
-                    break Err(e);
+                    return End::Lost(e);
+                }
+            }
+            Ev::Read(Err(_)) => {
+                return End::Lost(C2sError::Stream(StreamError::new("connection-timeout")))
+            }
+            Ev::Read(Ok(Err(e))) => return End::Lost(e),
+            Ev::Read(Ok(Ok(()))) => {
+                if let Err(e) = drain_events(server, conn, live) {
+                    return End::Over(e);
+                }
+                if let Some(state) = live.sm.as_mut() {
+                    if std::mem::take(&mut state.answer_due) {
+                        // The acknowledgement promises durability: archive and offline
+                        // writes of the stanzas it covers reach the disk first.
+                        if let Err(e) = server.store.flush_async().await {
+                            tracing::error!("flushing before an acknowledgement failed: {e}");
+                            return End::Over(C2sError::Stream(StreamError::new(
+                                "internal-server-error",
+                            )));
+                        }
+                        conn.queue(&sm::a(state.inbound));
+                    }
+                }
+                if let Err(e) = request_ack(server, conn, live) {
+                    return End::Over(e);
+                }
+                if let Err(e) = conn.flush().await {
+                    return End::Lost(e);
                 }
             }
         }
-    };
-    result
+    }
 }
 
-/// Handles every complete element the reader has.
-fn drain_events(
-    server: &ServerState,
-    conn: &mut Conn,
-    handle: &SessionHandle,
-) -> Result<(), C2sError> {
+/// Handles every complete element the reader has. `Err(Closed)`: the client closed
+/// the stream.
+fn drain_events(server: &ServerState, conn: &mut Conn, live: &mut Live) -> Result<(), C2sError> {
     while let Some(event) = conn.next_event()? {
         match event {
             StreamEvent::Close => return Err(C2sError::Closed),
@@ -497,11 +857,74 @@ fn drain_events(
                     StreamError::new("not-well-formed").with_text("unexpected stream header"),
                 ))
             }
-            StreamEvent::Element(el) => {
-                if let Some(reply) = client_stanza(server, handle, el)? {
-                    conn.queue(&reply);
+            StreamEvent::Element(el) if el.ns() == ns::SM => sm_nonza(server, conn, live, &el)?,
+            StreamEvent::Element(el)
+                if el.ns() == ns::CSI && matches!(el.name(), "active" | "inactive") =>
+            {
+                live.csi.inactive = el.name() == "inactive";
+                for el in live.csi.release() {
+                    write(conn, live.sm.as_mut(), &el);
                 }
             }
+            StreamEvent::Element(el) => {
+                let reply = client_stanza(server, &live.handle, el)?;
+                // Routed (delivered to a queue, stored, or answered): it counts.
+                if let Some(state) = live.sm.as_mut() {
+                    state.record_handled();
+                }
+                if let Some(reply) = reply {
+                    emit(server, conn, live, reply);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// XEP-0198 nonzas in a bound session.
+fn sm_nonza(
+    server: &ServerState,
+    conn: &mut Conn,
+    live: &mut Live,
+    el: &Element,
+) -> Result<(), C2sError> {
+    tracing::trace!(nonza = el.name(), h = el.attr("h"), "stream management");
+    match (el.name(), live.sm.as_mut()) {
+        ("enable", None) => {
+            let resume = matches!(el.attr("resume"), Some("true" | "1"));
+            let mut enabled = Element::new("enabled", ns::SM);
+            let state = if resume {
+                let (id, rx) = server.resumable.register(live.handle.jid.to_bare());
+                enabled.set_attr("id", id.clone());
+                enabled.set_attr("resume", "true");
+                enabled.set_attr("max", server.config.sm.resume_timeout_secs.to_string());
+                sm::SmState::new(Some(id), Some(rx))
+            } else {
+                sm::SmState::new(None, None)
+            };
+            live.sm = Some(state);
+            conn.queue(&enabled);
+        }
+        ("enable" | "resume", _) => conn.queue(&sm::failed("unexpected-request", None)),
+        ("r", Some(state)) => state.answer_due = true,
+        ("a", Some(state)) => {
+            let Some(h) = el.attr("h").and_then(|h| h.trim().parse::<u32>().ok()) else {
+                return Err(C2sError::Stream(
+                    StreamError::new("invalid-xml").with_text("<a/> needs a numeric h"),
+                ));
+            };
+            state
+                .ack(h)
+                .map_err(|t| C2sError::Stream(sm::too_high_error(&t)))?;
+            state.requested = false;
+        }
+        _ => {
+            return Err(C2sError::Stream(
+                StreamError::new("unsupported-stanza-type").with_text(format!(
+                    "<{}/> is not expected here (is stream management enabled?)",
+                    el.name()
+                )),
+            ))
         }
     }
     Ok(())
@@ -606,13 +1029,43 @@ fn client_stanza(
 
 /// After the session is gone: tell the account's other resources (and, through the hook,
 /// contacts) that this resource went away, then run the modules' cleanup.
-fn end_session(server: &ServerState, handle: &SessionHandle, channels: &mut SessionChannels) {
+///
+/// `unacked` is set for a stream-management session: what it sent without an
+/// acknowledgement, and what was still queued, goes to offline storage (see `sm.rs` for
+/// why not to the other resources).
+fn end_session(
+    server: &ServerState,
+    handle: &SessionHandle,
+    channels: &mut SessionChannels,
+    unacked: Option<VecDeque<Element>>,
+) {
+    let sm_session = unacked.is_some();
+    if let Some(unacked) = unacked {
+        // Still bound while the backlog moves to offline storage, so messages arriving
+        // meanwhile queue up behind it instead of overtaking it into storage; the
+        // second pass below takes what arrived until the unbind.
+        for el in unacked {
+            sm::reroute(server, el);
+        }
+        while let Ok(Outbound::Stanza(el)) = channels.rx.try_recv() {
+            sm::reroute(server, el);
+        }
+    }
     let removed = server.sessions.unbind(handle);
-    // Whatever was queued for this session and not written goes back to the router,
-    // which finds the resource gone and applies the rules for an unavailable resource.
     channels.rx.close();
-    while let Ok(Outbound::Stanza(el)) = channels.rx.try_recv() {
-        router::undeliverable(server, el);
+    match sm_session {
+        true => {
+            while let Ok(Outbound::Stanza(el)) = channels.rx.try_recv() {
+                sm::reroute(server, el);
+            }
+        }
+        false => {
+            // Whatever was queued and not written goes back to the router, which finds
+            // the resource gone and applies the rules for an unavailable resource.
+            while let Ok(Outbound::Stanza(el)) = channels.rx.try_recv() {
+                router::undeliverable(server, el);
+            }
+        }
     }
     let bare = handle.jid.to_bare();
     let _ = server.store.update_account(bare.as_str(), |a| {

@@ -1,4 +1,10 @@
 //! The byte side of a client stream: socket, TLS upgrade, reader, and batched writes.
+//!
+//! A stream runs over one of two transports. `Stream` is a TCP (or TLS) byte stream
+//! parsed incrementally. `Framed` is a pair of channels to an HTTP transport (RFC 7395
+//! WebSocket, XEP-0206 BOSH) that delivers whole, already parsed top-level elements and
+//! takes whole serialised elements back: the negotiation and session code above is the
+//! same for both, so web clients get the same auth, routing and limits as TCP clients.
 
 use crate::net::MaybeTls;
 use crate::ns;
@@ -7,6 +13,7 @@ use crate::stanza::StreamError;
 use crate::xml::reader::{Limits, StreamEvent, StreamHeader, StreamReader, XmlError};
 use crate::xml::Element;
 use crate::ServerState;
+use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -14,6 +21,7 @@ use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 const READ_CHUNK: usize = 4096;
 /// Largest element accepted before authentication. Nothing a client legitimately sends
@@ -43,7 +51,43 @@ impl From<XmlError> for C2sError {
     }
 }
 
+/// What an HTTP transport hands the stream: a top-level event, or the stream error its
+/// framing or limits call for (the stream then ends with that error).
+pub type Incoming = Result<StreamEvent, StreamError>;
+
+/// What the stream hands an HTTP transport, in order.
+#[derive(Debug)]
+pub enum Frame {
+    /// The stream's response header (WebSocket `<open/>`, BOSH session creation).
+    Open { id: String },
+    /// One serialised top-level element whose namespaces are all declared on it.
+    Xml(String),
+    /// A serialised `<stream:error/>`; `Close` follows.
+    Error(String),
+    /// The server's end of the stream.
+    Close,
+}
+
+/// The stream's end of an HTTP transport.
+pub struct Framed {
+    pub incoming: mpsc::Receiver<Incoming>,
+    pub outgoing: mpsc::Sender<Frame>,
+    /// Whether the stream counts as encrypted for `require_encryption` (TLS on the HTTP
+    /// listener, or a trusted path to a TLS-terminating proxy; see `[http]`).
+    pub secure: bool,
+    /// Channel bindings of the HTTP listener's TLS connection, if it has one.
+    pub bindings: ChannelBindings,
+}
+
+struct FramedState {
+    end: Framed,
+    pending: VecDeque<StreamEvent>,
+    out: Vec<Frame>,
+}
+
 pub struct Conn {
+    /// `Some` when the stream runs over an HTTP transport; `io` is then `None`.
+    framed: Option<FramedState>,
     io: Option<MaybeTls>,
     reader: StreamReader,
     /// Empty (no allocation) between writes: see `flush`.
@@ -61,6 +105,7 @@ impl Conn {
     pub fn new(server: &ServerState, tcp: TcpStream, peer: SocketAddr) -> Conn {
         let l = &server.config.limits;
         Conn {
+            framed: None,
             io: Some(MaybeTls::Plain(tcp)),
             reader: StreamReader::new(Self::limits(server, true)),
             out: Vec::new(),
@@ -92,8 +137,43 @@ impl Conn {
         self.reader.set_limits(Self::limits(server, false));
     }
 
+    /// A stream over an HTTP transport (WebSocket or BOSH).
+    pub fn framed(server: &ServerState, end: Framed, peer: SocketAddr) -> Conn {
+        let l = &server.config.limits;
+        Conn {
+            bindings: end.bindings.clone(),
+            framed: Some(FramedState {
+                end,
+                pending: VecDeque::new(),
+                out: Vec::new(),
+            }),
+            io: None,
+            // Unused by framed streams (the transport parses), so kept minimal.
+            reader: StreamReader::new(Limits {
+                max_stanza_bytes: l.max_stanza_bytes,
+                max_depth: l.max_depth,
+                max_attrs: l.max_attrs,
+            }),
+            out: Vec::new(),
+            peer,
+            header_sent: false,
+            stream_id: 0,
+            domain: server.config.domain.clone(),
+            write_timeout: Duration::from_secs(l.write_timeout_secs),
+        }
+    }
+
+    /// Whether the stream counts as encrypted (TLS, or an HTTP transport trusted as such).
     pub fn is_tls(&self) -> bool {
-        self.io.as_ref().is_some_and(MaybeTls::is_tls)
+        match &self.framed {
+            Some(f) => f.end.secure,
+            None => self.io.as_ref().is_some_and(MaybeTls::is_tls),
+        }
+    }
+
+    /// STARTTLS exists only on TCP streams: an HTTP transport's TLS belongs to HTTP.
+    pub fn can_starttls(&self) -> bool {
+        self.framed.is_none() && !self.is_tls()
     }
 
     pub fn bindings(&self) -> &ChannelBindings {
@@ -133,6 +213,8 @@ impl Conn {
 
     /// A stream restart (after TLS or SASL): the next thing is a new header.
     pub fn restart(&mut self) {
+        // A framed transport's events are whole elements, so what the client pipelined
+        // after the restart (its new <open/>) stays queued.
         self.reader.reset();
         self.header_sent = false;
     }
@@ -146,6 +228,17 @@ impl Conn {
     /// Input the parser has already consumed does not keep its buffers either.
     pub async fn read_some(&mut self) -> Result<(), C2sError> {
         self.reader.release_idle();
+        if let Some(f) = self.framed.as_mut() {
+            // mpsc::Receiver::recv is cancel-safe, like the socket read below.
+            return match f.end.incoming.recv().await {
+                Some(Ok(ev)) => {
+                    f.pending.push_back(ev);
+                    Ok(())
+                }
+                Some(Err(e)) => Err(C2sError::Stream(e)),
+                None => Err(C2sError::Closed),
+            };
+        }
         let io = self.io.as_mut().ok_or(C2sError::Closed)?;
         let reader = &mut self.reader;
         std::future::poll_fn(|cx| {
@@ -167,6 +260,9 @@ impl Conn {
     }
 
     pub fn next_event(&mut self) -> Result<Option<StreamEvent>, C2sError> {
+        if let Some(f) = self.framed.as_mut() {
+            return Ok(f.pending.pop_front());
+        }
         Ok(self.reader.next_event()?)
     }
 
@@ -208,6 +304,13 @@ impl Conn {
     fn write_header(&mut self, server: &ServerState, to: Option<&str>) {
         use rand::Rng;
         self.stream_id = rand::thread_rng().gen();
+        if let Some(f) = self.framed.as_mut() {
+            f.out.push(Frame::Open {
+                id: format!("{:016x}", self.stream_id),
+            });
+            self.header_sent = true;
+            return;
+        }
         let mut h = format!(
             "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' id='{:016x}' from='{}' version='1.0' xml:lang='en'",
             ns::CLIENT,
@@ -226,6 +329,12 @@ impl Conn {
     /// Appends an element to the output buffer (stream-level elements get the `stream:`
     /// prefix clients expect).
     pub fn queue(&mut self, el: &Element) {
+        if let Some(f) = self.framed.as_mut() {
+            f.out.push(Frame::Xml(
+                String::from_utf8_lossy(&framed_bytes(el)).into_owned(),
+            ));
+            return;
+        }
         if self.out.capacity() == 0 {
             self.out.reserve(OUT_INITIAL);
         }
@@ -244,12 +353,32 @@ impl Conn {
         }
     }
 
+    /// Drops output not yet written: a session handed over to a resuming connection
+    /// must not also reach the abandoned one.
+    pub fn discard_output(&mut self) {
+        self.out.clear();
+        if let Some(f) = self.framed.as_mut() {
+            f.out.clear();
+        }
+    }
+
     pub async fn send(&mut self, el: &Element) -> Result<(), C2sError> {
         self.queue(el);
         self.flush().await
     }
 
     pub async fn flush(&mut self) -> Result<(), C2sError> {
+        if let Some(f) = self.framed.as_mut() {
+            for frame in f.out.drain(..) {
+                // A transport that stops taking frames is a peer that stopped reading.
+                match tokio::time::timeout(self.write_timeout, f.end.outgoing.send(frame)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(C2sError::Closed),
+                    Err(_) => return Err(C2sError::Io(std::io::ErrorKind::TimedOut.into())),
+                }
+            }
+            return Ok(());
+        }
         if self.out.is_empty() {
             return Ok(());
         }
@@ -283,6 +412,36 @@ impl Conn {
                 return;
             }
         };
+        if let Some(mut f) = self.framed.take() {
+            if !self.header_sent {
+                // RFC 7395 §3.6 / RFC 6120 §4.9.1.1: an error comes after our header.
+                use rand::Rng;
+                let id: u64 = rand::thread_rng().gen();
+                f.out.insert(
+                    0,
+                    Frame::Open {
+                        id: format!("{id:016x}"),
+                    },
+                );
+            }
+            if let Some(el) = closing {
+                f.out.push(Frame::Error(
+                    String::from_utf8_lossy(&framed_bytes(&el)).into_owned(),
+                ));
+            }
+            f.out.push(Frame::Close);
+            for frame in f.out.drain(..) {
+                let send = f.end.outgoing.send(frame);
+                if !matches!(
+                    tokio::time::timeout(self.write_timeout, send).await,
+                    Ok(Ok(()))
+                ) {
+                    return;
+                }
+            }
+            // Dropping our end tells the transport nothing more is coming.
+            return;
+        }
         if self.io.is_none() {
             return;
         }
@@ -318,4 +477,27 @@ impl Conn {
             }
         }
     }
+}
+
+/// Serialises a top-level element so that it stands alone, as a WebSocket message or a
+/// child of a BOSH `<body/>` must: every namespace declared on it, and stream-level
+/// elements written as `<stream:features xmlns:stream=...>` the way clients look for them.
+pub fn framed_bytes(el: &Element) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    if el.ns() == ns::STREAM {
+        out.extend_from_slice(b"<stream:");
+        out.extend_from_slice(el.name().as_bytes());
+        out.extend_from_slice(b" xmlns:stream='");
+        out.extend_from_slice(ns::STREAM.as_bytes());
+        out.extend_from_slice(b"'>");
+        for child in el.children() {
+            child.write_to(&mut out, "");
+        }
+        out.extend_from_slice(b"</stream:");
+        out.extend_from_slice(el.name().as_bytes());
+        out.push(b'>');
+    } else {
+        el.write_to(&mut out, "");
+    }
+    out
 }

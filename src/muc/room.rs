@@ -763,6 +763,10 @@ impl Room {
             Element::new("occupant-id", ns::OCCUPANT_ID)
                 .with_attr("id", self.occupants[i].occupant_id.clone()),
         );
+        if !is_subject {
+            // The room's archive (XEP-0313 §5.1.2) stamps its id on what everyone gets.
+            crate::services::mam::room_archive(server, &self.jid, &mut out);
+        }
         if !is_subject && out.has_child("body", ns::CLIENT) && self.config.history_length > 0 {
             self.history
                 .push(out.clone(), now_secs(), self.config.history_length);
@@ -949,6 +953,7 @@ impl Room {
             ("set", "query", ns::MUC_OWNER) => self.owner_set(server, &from, &payload),
             ("get", "query", ns::MUC_ADMIN) => self.admin_get(&from, &payload),
             ("set", "query", ns::MUC_ADMIN) => self.admin_set(server, &from, &payload),
+            ("get" | "set", "query", ns::MAM) => self.mam_query(server, &from, &payload, ty),
             _ => Err(StanzaError::service_unavailable()),
         };
         let reply = match result {
@@ -961,6 +966,30 @@ impl Room {
         if let Some(r) = reply {
             route(server, r);
         }
+    }
+
+    /// XEP-0313 queries to the room's archive: anyone may read the archive of a room
+    /// anyone may join; a members-only room's archive is for its members and occupants.
+    fn mam_query(
+        &self,
+        server: &ServerState,
+        from: &FullJid,
+        payload: &Element,
+        ty: &str,
+    ) -> Result<Option<Element>, StanzaError> {
+        use crate::services::mam;
+        if !server.config.mam.enabled {
+            return Err(StanzaError::service_unavailable());
+        }
+        let member = self.affiliation(&from.to_bare()) >= Affiliation::Member;
+        if self.config.members_only && !member && self.by_session(from).is_none() {
+            return Err(StanzaError::forbidden().with_text("the archive is for members"));
+        }
+        let q = mam::Query::try_from(payload)?;
+        if ty == "get" {
+            return Ok(Some(mam::form()));
+        }
+        mam::run_query(server, self.jid.as_str(), self.jid.as_str(), from, &q)
     }
 
     /// IQs to `room/nick`: self-pings are answered here (XEP-0410); the rest goes to the

@@ -37,6 +37,9 @@ pub enum TlsError {
 #[derive(Clone)]
 pub struct TlsSetup {
     pub acceptor: TlsAcceptor,
+    /// Same certificate, for the HTTPS listeners (ALPN http/1.1: browsers offer it,
+    /// and would be refused if the only protocol we named were xmpp-client).
+    pub http_acceptor: TlsAcceptor,
     /// Server side of server-to-server TLS: asks for (but does not require) the peer's
     /// certificate, which is checked after the handshake for SASL EXTERNAL.
     pub s2s_acceptor: TlsAcceptor,
@@ -67,6 +70,8 @@ impl TlsSetup {
             .with_no_client_auth()
             .with_single_cert(certs.clone(), key.clone_key())?;
         // XEP-0368 direct TLS clients may ask for "xmpp-client"; STARTTLS clients send none.
+        let mut http_config = server_config.clone();
+        http_config.alpn_protocols = vec![b"http/1.1".to_vec()];
         server_config.alpn_protocols = vec![b"xmpp-client".to_vec()];
 
         let mut s2s_server = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -88,6 +93,7 @@ impl TlsSetup {
         let peer_verifier = peer_verifier(config, provider.clone())?;
         Ok(TlsSetup {
             acceptor: TlsAcceptor::from(Arc::new(server_config)),
+            http_acceptor: TlsAcceptor::from(Arc::new(http_config)),
             s2s_acceptor: TlsAcceptor::from(Arc::new(s2s_server)),
             s2s_connector: client(false)?,
             s2s_direct_connector: client(true)?,

@@ -6,6 +6,7 @@ pub mod blocking;
 pub mod carbons;
 pub mod disco;
 pub mod last;
+pub mod mam;
 pub mod ping;
 pub mod private;
 pub mod register;
@@ -23,6 +24,20 @@ pub fn register_all(reg: &mut Registry, config: &Config) {
     // Stream-level features implemented in c2s rather than by a module of their own.
     reg.spec("0368", "1.1.0", "SRV records for XMPP over TLS");
     reg.spec("0440", "0.4.1", "SASL Channel-Binding Type Capability");
+    crate::c2s::register(reg);
+    // Web transports, implemented in src/http/ next to the HTTP listener.
+    reg.spec("RFC 7395", "rfc", "XMPP Subprotocol for WebSocket");
+    reg.spec(
+        "0124",
+        "1.11.2",
+        "Bidirectional-streams Over Synchronous HTTP (BOSH)",
+    );
+    reg.spec("0206", "1.4", "XMPP Over BOSH");
+    reg.spec(
+        "0156",
+        "1.4.0",
+        "Discovering Alternative XMPP Connection Methods",
+    );
     disco::register(reg, config);
     ping::register(reg);
     version::register(reg);
@@ -36,6 +51,7 @@ pub fn register_all(reg: &mut Registry, config: &Config) {
     private::register(reg);
     blocking::register(reg);
     carbons::register(reg);
+    mam::register(reg, config);
     last::register(reg);
     time::register(reg);
     crate::muc::register(reg, config);

@@ -1,6 +1,7 @@
 //! Persistent state behind one narrow, typed API. Handlers never see sled trees or byte
 //! keys, so a second backend (a shared SQL database for clusters) is a new file.
 
+mod archive;
 mod blocking;
 mod offline;
 mod private;
@@ -10,6 +11,9 @@ mod settings;
 mod sled_store;
 mod vcard;
 
+pub use archive::{
+    id_from_str, id_to_string, micros_of, ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage,
+};
 pub use offline::OfflineMessage;
 pub use rooms::{AffiliationRecord, RoomRecord};
 pub use roster::{RosterChange, RosterItem, RosterMeta, RosterUpdate};
@@ -43,6 +47,24 @@ impl ImTrees {
             private: db.open_tree("private")?,
             blocking: db.open_tree("blocking")?,
             last_presence: db.open_tree("last_presence")?,
+        })
+    }
+}
+
+/// The message archive's trees (see archive.rs).
+#[derive(Clone)]
+pub(crate) struct ArchiveTrees {
+    records: sled::Tree,
+    with: sled::Tree,
+    prefs: sled::Tree,
+}
+
+impl ArchiveTrees {
+    fn open(db: &sled::Db) -> Result<ArchiveTrees, StoreError> {
+        Ok(ArchiveTrees {
+            records: db.open_tree("archive")?,
+            with: db.open_tree("archive_with")?,
+            prefs: db.open_tree("archive_prefs")?,
         })
     }
 }

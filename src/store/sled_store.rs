@@ -13,6 +13,7 @@ pub struct Store {
     /// Instant-messaging data, one tree per kind (see roster.rs, offline.rs, ...).
     pub(super) im: super::ImTrees,
     pub(super) rooms: sled::Tree,
+    pub(super) archive: super::ArchiveTrees,
 }
 
 const META_SCHEMA: &[u8] = b"schema_version";
@@ -54,11 +55,13 @@ impl Store {
         let accounts = db.open_tree("accounts")?;
         let im = super::ImTrees::open(&db)?;
         let rooms = db.open_tree("rooms")?;
+        let archive = super::ArchiveTrees::open(&db)?;
         Ok(Store {
             db,
             accounts,
             im,
             rooms,
+            archive,
         })
     }
 
@@ -80,6 +83,18 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Like `flush`, without blocking the async runtime: stream management awaits this
+    /// before acknowledging stanzas, so what it acknowledged is on disk.
+    /// (sled's own `flush_async` was seen never to complete under load, so the
+    /// blocking flush runs on tokio's blocking pool instead.)
+    pub async fn flush_async(&self) -> Result<(), StoreError> {
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::Io(std::io::Error::other(e.to_string()))),
+        }
     }
 
     // --- accounts, keyed by normalised bare JID ---

@@ -896,10 +896,16 @@ impl StreamReader {
 /// with the same restrictions as a stream. The size limit is lifted to the input's
 /// length, since the whole input is already in memory; depth and attribute limits apply.
 pub fn parse_element(xml: &[u8]) -> Result<Element, XmlError> {
-    let defaults = Limits::default();
+    parse_element_with(xml, Limits::default())
+}
+
+/// [`parse_element`] with the caller's depth and attribute limits (a WebSocket frame or a
+/// BOSH body holds client input, which gets the configured limits, not the defaults).
+/// The size limit is still lifted to the input's length: callers check sizes first.
+pub fn parse_element_with(xml: &[u8], limits: Limits) -> Result<Element, XmlError> {
     let limits = Limits {
-        max_stanza_bytes: defaults.max_stanza_bytes.max(xml.len()),
-        ..defaults
+        max_stanza_bytes: limits.max_stanza_bytes.max(xml.len()),
+        ..limits
     };
     let mut reader = StreamReader::with_mode(limits, true);
     reader.feed(xml);

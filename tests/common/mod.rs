@@ -315,6 +315,30 @@ impl Client {
         }
     }
 
+    /// Like `next`, but `None` when nothing complete arrives within `wait`. Only the
+    /// socket read is timed, so nothing is ever half-consumed.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Got> {
+        let mut buf = vec![0u8; 16384];
+        loop {
+            match self.reader.next_event() {
+                Ok(Some(StreamEvent::Open(h))) => return Some(Got::Header(h.attrs.clone())),
+                Ok(Some(StreamEvent::Element(e))) => return Some(Got::El(e)),
+                Ok(Some(StreamEvent::Close)) => return Some(Got::Closed),
+                Ok(None) => {}
+                Err(e) => panic!("server sent bad XML: {e}"),
+            }
+            let n = match tokio::time::timeout(wait, self.io.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) => 0,
+                Err(_) => return None,
+            };
+            if n == 0 {
+                return Some(Got::Closed);
+            }
+            self.reader.feed(&buf[..n]);
+        }
+    }
+
     pub async fn el(&mut self) -> Element {
         match self.next().await {
             Got::El(e) => e,

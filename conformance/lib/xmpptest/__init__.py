@@ -1,0 +1,1 @@
+"""Shared helpers for the conformance suites (see ../../README.md)."""
