@@ -94,7 +94,9 @@ impl ServerState {
         ServerState {
             // A login flushes up to a full offline store into the new session at once, so
             // the queue has room for that on top of the stalled-reader allowance. tokio
-            // allocates channel blocks lazily: the bound costs nothing until it is used.
+            // allocates the first block of 32 slots with the channel and the rest only as
+            // they fill, and slots are pointer-sized (see `OutboundRx`), so the bound
+            // costs an idle session almost nothing.
             sessions: Sessions::new(config.limits.session_queue + config.im.offline_quota),
             config,
             store,

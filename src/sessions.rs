@@ -11,8 +11,8 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
-use tokio::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{mpsc, Notify};
 
 const SHARDS: usize = 64;
 
@@ -22,7 +22,7 @@ pub enum Outbound {
     Stanza(Element),
 }
 
-/// Out-of-band orders for a session (rare, so their channel is unbounded).
+/// Out-of-band orders for a session (rare: one slot, never a queue).
 #[derive(Debug)]
 pub enum Control {
     /// Close the stream with this error (conflict, policy-violation, system-shutdown...).
@@ -33,8 +33,33 @@ pub enum Control {
 pub struct SessionHandle {
     pub id: u64,
     pub jid: FullJid,
-    tx: mpsc::Sender<Outbound>,
-    control: mpsc::UnboundedSender<Control>,
+    tx: mpsc::Sender<Box<Element>>,
+    control: Arc<ControlSlot>,
+}
+
+/// Where a session's out-of-band order waits. A tokio channel would allocate a block of
+/// 32 slots for every session up front; an idle session should cost as little as we can
+/// make it, and only the first order matters anyway (the session ends on it).
+#[derive(Debug, Default)]
+struct ControlSlot {
+    order: Mutex<Option<Control>>,
+    notify: Notify,
+}
+
+impl ControlSlot {
+    fn put(&self, order: Control) {
+        let mut slot = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(order);
+            drop(slot);
+            // notify_one keeps a permit when nobody waits yet, so no order is missed.
+            self.notify.notify_one();
+        }
+    }
+
+    fn take(&self) -> Option<Control> {
+        self.order.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 /// Why a stanza could not be handed to a session.
@@ -48,22 +73,22 @@ pub enum SendError {
 
 impl SessionHandle {
     pub fn send(&self, stanza: Element) -> Result<(), SendError> {
-        match self.tx.try_send(Outbound::Stanza(stanza)) {
+        match self.tx.try_send(Box::new(stanza)) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(Outbound::Stanza(s))) => {
+            Err(mpsc::error::TrySendError::Full(s)) => {
                 // A reader this far behind will not catch up: close it, and let the
                 // caller store or bounce what did not fit.
-                let _ = self.control.send(Control::Close(
+                self.control.put(Control::Close(
                     StreamError::new("policy-violation").with_text("too slow reading"),
                 ));
-                Err(SendError::Full(s))
+                Err(SendError::Full(*s))
             }
-            Err(mpsc::error::TrySendError::Closed(Outbound::Stanza(s))) => Err(SendError::Gone(s)),
+            Err(mpsc::error::TrySendError::Closed(s)) => Err(SendError::Gone(*s)),
         }
     }
 
     pub fn close(&self, err: StreamError) {
-        let _ = self.control.send(Control::Close(err));
+        self.control.put(Control::Close(err));
     }
 }
 
@@ -93,8 +118,51 @@ impl Resource {
 
 /// The receiving ends a new session's task owns.
 pub struct SessionChannels {
-    pub rx: mpsc::Receiver<Outbound>,
-    pub control: mpsc::UnboundedReceiver<Control>,
+    pub rx: OutboundRx,
+    pub control: ControlRx,
+}
+
+/// The receiving end of a session's stanza queue.
+///
+/// Stanzas travel boxed: tokio allocates a channel's slots 32 at a time, the first block
+/// when the channel is made, so pointer-sized slots keep an idle session's queue at a few
+/// hundred bytes instead of ~3 KiB. Receivers still get plain [`Outbound`] values.
+pub struct OutboundRx(mpsc::Receiver<Box<Element>>);
+
+impl OutboundRx {
+    /// Cancel-safe, like the channel underneath.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        self.0.recv().await.map(|s| Outbound::Stanza(*s))
+    }
+
+    pub fn try_recv(&mut self) -> Result<Outbound, mpsc::error::TryRecvError> {
+        self.0.try_recv().map(|s| Outbound::Stanza(*s))
+    }
+
+    /// Refuses further stanzas; those already queued can still be received.
+    pub fn close(&mut self) {
+        self.0.close()
+    }
+}
+
+/// The receiving end of a session's out-of-band orders.
+pub struct ControlRx(Arc<ControlSlot>);
+
+impl ControlRx {
+    /// Waits for an order. Cancel-safe: an order is only taken when it is returned.
+    /// (Never `None`: the session's own handle keeps the sending side alive.)
+    pub async fn recv(&mut self) -> Option<Control> {
+        loop {
+            if let Some(order) = self.0.take() {
+                return Some(order);
+            }
+            self.0.notify.notified().await;
+        }
+    }
+
+    pub fn try_recv(&mut self) -> Result<Control, mpsc::error::TryRecvError> {
+        self.0.take().ok_or(mpsc::error::TryRecvError::Empty)
+    }
 }
 
 pub struct Sessions {
@@ -125,12 +193,12 @@ impl Sessions {
     /// close with `<conflict/>` (RFC 6120 §7.7.2.2: the newer session wins).
     pub fn bind(&self, jid: FullJid) -> (SessionHandle, SessionChannels) {
         let (tx, rx) = mpsc::channel(self.queue);
-        let (ctx, crx) = mpsc::unbounded_channel();
+        let control = Arc::new(ControlSlot::default());
         let handle = SessionHandle {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             jid: jid.clone(),
             tx,
-            control: ctx,
+            control: control.clone(),
         };
         let bare = jid.to_bare();
         let mut shard = self.shard(&bare);
@@ -149,7 +217,13 @@ impl Sessions {
             carbons: false,
             directed: Vec::new(),
         });
-        (handle, SessionChannels { rx, control: crx })
+        (
+            handle,
+            SessionChannels {
+                rx: OutboundRx(rx),
+                control: ControlRx(control),
+            },
+        )
     }
 
     /// Removes a session (only if it is still the one registered under its JID).
@@ -213,6 +287,34 @@ impl Sessions {
         self.shard(&bare)
             .get(&bare)
             .and_then(|l| l.iter().find(|r| &r.handle.jid == full).cloned())
+    }
+
+    /// The queue handle of one resource, without copying the rest of its record (the
+    /// per-message path needs nothing else).
+    pub fn handle(&self, full: &FullJid) -> Option<SessionHandle> {
+        let bare = full.to_bare();
+        self.shard(&bare).get(&bare).and_then(|l| {
+            l.iter()
+                .find(|r| &r.handle.jid == full)
+                .map(|r| r.handle.clone())
+        })
+    }
+
+    /// The handles of an account's resources that satisfy `pred`; cheaper than
+    /// [`resources`](Self::resources) when few match, as nothing else is copied.
+    pub fn handles_where(
+        &self,
+        bare: &BareJid,
+        pred: impl Fn(&Resource) -> bool,
+    ) -> Vec<SessionHandle> {
+        match self.shard(bare).get(bare) {
+            Some(list) => list
+                .iter()
+                .filter(|r| pred(r))
+                .map(|r| r.handle.clone())
+                .collect(),
+            None => Vec::new(),
+        }
     }
 
     pub fn is_online(&self, bare: &BareJid) -> bool {

@@ -477,6 +477,34 @@ async fn huge_and_deep_stanzas_are_policy_violations() {
 }
 
 #[tokio::test]
+async fn unauthenticated_streams_get_a_small_stanza_limit() {
+    let s = server_with_users().await;
+    // Before authentication, 20 KB in one element is too much (the limit is 16 KiB
+    // whatever max_stanza_bytes says), so idle unauthenticated connections stay cheap...
+    let big = "a".repeat(20 * 1024);
+    let msg = format!(
+        "{HEADER}<iq type='get' id='x'><query xmlns='jabber:iq:version'>{big}</query></iq>"
+    );
+    assert_eq!(
+        error_for(&s, msg.as_bytes()).await.as_deref(),
+        Some("policy-violation")
+    );
+    // ...and after it the configured limit applies: the same payload goes through.
+    let mut a = Client::login(s.c2s, "alice", "wonderland", "r").await;
+    let mut b = Client::login(s.c2s, "bob", "builder", "r").await;
+    a.send(&format!(
+        "<message to='bob@localhost/r' type='chat' id='big'><body>{big}</body></message>"
+    ))
+    .await;
+    let got = b.wait_for(|e| e.attr("id") == Some("big")).await;
+    assert_eq!(
+        got.child_text("body", "jabber:client").map(|t| t.len()),
+        Some(big.len())
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn stanza_before_authentication_is_not_authorized() {
     let s = server_with_users().await;
     let msg = format!("{HEADER}<message to='bob@localhost'><body>x</body></message>");

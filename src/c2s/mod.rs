@@ -44,11 +44,12 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let span = tracing::info_span!("c2s", %peer, jid = tracing::field::Empty);
+    // The TLS handshake is boxed for the reason given on `run`.
     async move {
         let _ = tcp.set_nodelay(true);
         let mut conn = Conn::new(&server, tcp, peer);
         if direct_tls {
-            if let Err(e) = conn.start_tls(&server).await {
+            if let Err(e) = Box::pin(conn.start_tls(&server)).await {
                 tracing::debug!("direct TLS handshake failed: {e}");
                 return;
             }
@@ -73,6 +74,10 @@ pub async fn serve_framed(
 }
 
 /// Negotiation, then the session, on a prepared connection.
+/// The connection's future lives as long as the connection, and its size is that of its
+/// largest await point. Negotiation, resumption, closing and parking are big (TLS and SASL
+/// state, scratch buffers) but short-lived or rare, so they are boxed: the heap holds them
+/// only while they run, and an established session carries only the session loop's state.
 async fn run(server: Arc<ServerState>, mut conn: Conn, shutdown: watch::Receiver<bool>) {
     {
         let mut shutdown = shutdown;
@@ -83,7 +88,7 @@ async fn run(server: Arc<ServerState>, mut conn: Conn, shutdown: watch::Receiver
             let negotiated = tokio::select! {
                 r = tokio::time::timeout(
                     auth_timeout,
-                    negotiate(&server, &mut conn, &mut authenticated, continuing),
+                    Box::pin(negotiate(&server, &mut conn, &mut authenticated, continuing)),
                 ) => match r {
                     Ok(r) => r,
                     Err(_) => Err(C2sError::Stream(StreamError::new("connection-timeout")
@@ -96,12 +101,12 @@ async fn run(server: Arc<ServerState>, mut conn: Conn, shutdown: watch::Receiver
                 Ok(Negotiated::Resume { bare, previd, h }) => {
                     // Outside the timeout and shutdown race on purpose: a session handed
                     // over to us must never be dropped half-way by a cancelled future.
-                    match resume(&server, &mut conn, &bare, &previd, h).await {
+                    match Box::pin(resume(&server, &mut conn, &bare, &previd, h)).await {
                         Some(live) => break (live, true),
                         None => continuing = true,
                     }
                 }
-                Err(e) => return conn.finish(e).await,
+                Err(e) => return Box::pin(conn.finish(e)).await,
             }
         };
         tracing::Span::current().record("jid", tracing::field::display(&live.handle.jid));
@@ -130,7 +135,7 @@ async fn run(server: Arc<ServerState>, mut conn: Conn, shutdown: watch::Receiver
                             tracing::info!("session resumed on another connection");
                             let err = StreamError::new("conflict")
                                 .with_text("the session was resumed on another connection");
-                            return conn.finish(C2sError::Stream(err)).await;
+                            return Box::pin(conn.finish(C2sError::Stream(err))).await;
                         }
                         // The resuming connection went away before taking it: carry on.
                         Err(back) => live = back,
@@ -138,13 +143,13 @@ async fn run(server: Arc<ServerState>, mut conn: Conn, shutdown: watch::Receiver
                 }
                 End::Lost(err) if live.resumable() => {
                     tracing::info!("connection lost; session kept for resumption");
-                    conn.finish(err).await;
-                    return park(&server, live, &mut shutdown).await;
+                    Box::pin(conn.finish(err)).await;
+                    return Box::pin(park(&server, live, &mut shutdown)).await;
                 }
                 End::Lost(err) | End::Over(err) => {
                     finish_live(&server, *live);
                     tracing::info!("session ended");
-                    return conn.finish(err).await;
+                    return Box::pin(conn.finish(err)).await;
                 }
             }
         }
@@ -184,7 +189,7 @@ async fn negotiate(
                         AuthOutcome::Success(bare) => {
                             tracing::info!(user = %bare, "authenticated");
                             *authenticated = Some(bare);
-                            conn.restart();
+                            conn.restart_authenticated(server);
                             continue 'stream;
                         }
                         AuthOutcome::Refused => {}

@@ -14,13 +14,23 @@ use crate::xml::reader::{Limits, StreamEvent, StreamHeader, StreamReader, XmlErr
 use crate::xml::Element;
 use crate::ServerState;
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 const READ_CHUNK: usize = 4096;
+/// Largest element accepted before authentication. Nothing a client legitimately sends
+/// then (stream headers, STARTTLS, SASL, in-band registration) comes near it, and it
+/// bounds what an unauthenticated connection can make us hold; the configured
+/// `max_stanza_bytes` applies once the client has authenticated.
+pub const PREAUTH_MAX_STANZA: usize = 16 * 1024;
+/// What the output buffer starts with once something is queued (most writes fit).
+const OUT_INITIAL: usize = 512;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +90,7 @@ pub struct Conn {
     framed: Option<FramedState>,
     io: Option<MaybeTls>,
     reader: StreamReader,
-    rbuf: Vec<u8>,
+    /// Empty (no allocation) between writes: see `flush`.
     out: Vec<u8>,
     peer: SocketAddr,
     bindings: ChannelBindings,
@@ -97,12 +107,7 @@ impl Conn {
         Conn {
             framed: None,
             io: Some(MaybeTls::Plain(tcp)),
-            reader: StreamReader::new(Limits {
-                max_stanza_bytes: l.max_stanza_bytes,
-                max_depth: l.max_depth,
-                max_attrs: l.max_attrs,
-            }),
-            rbuf: vec![0; READ_CHUNK],
+            reader: StreamReader::new(Self::limits(server, true)),
             out: Vec::new(),
             peer,
             bindings: ChannelBindings::default(),
@@ -111,6 +116,25 @@ impl Conn {
             domain: server.config.domain.clone(),
             write_timeout: Duration::from_secs(l.write_timeout_secs),
         }
+    }
+
+    fn limits(server: &ServerState, preauth: bool) -> Limits {
+        let l = &server.config.limits;
+        Limits {
+            max_stanza_bytes: if preauth {
+                l.max_stanza_bytes.min(PREAUTH_MAX_STANZA)
+            } else {
+                l.max_stanza_bytes
+            },
+            max_depth: l.max_depth,
+            max_attrs: l.max_attrs,
+        }
+    }
+
+    /// SASL succeeded: the stream restarts with the configured stanza size limit.
+    pub fn restart_authenticated(&mut self, server: &ServerState) {
+        self.restart();
+        self.reader.set_limits(Self::limits(server, false));
     }
 
     /// A stream over an HTTP transport (WebSocket or BOSH).
@@ -130,7 +154,6 @@ impl Conn {
                 max_depth: l.max_depth,
                 max_attrs: l.max_attrs,
             }),
-            rbuf: Vec::new(),
             out: Vec::new(),
             peer,
             header_sent: false,
@@ -198,9 +221,13 @@ impl Conn {
 
     /// Reads once from the socket into the parser.
     ///
-    /// Cancel-safe (the session loop races it against outbound traffic): nothing is
-    /// moved out of `self` across the await, and a cancelled read has consumed nothing.
+    /// The read buffer lives on the stack of a single poll, never across an await: a
+    /// connection waiting for input (nearly all of them, nearly all the time) holds no
+    /// read buffer of its own. Whatever a poll reads goes to the parser in that same poll,
+    /// so the future is cancel-safe (the session loop races it against outbound traffic).
+    /// Input the parser has already consumed does not keep its buffers either.
     pub async fn read_some(&mut self) -> Result<(), C2sError> {
+        self.reader.release_idle();
         if let Some(f) = self.framed.as_mut() {
             // mpsc::Receiver::recv is cancel-safe, like the socket read below.
             return match f.end.incoming.recv().await {
@@ -213,12 +240,23 @@ impl Conn {
             };
         }
         let io = self.io.as_mut().ok_or(C2sError::Closed)?;
-        let n = io.read(&mut self.rbuf).await?;
-        if n == 0 {
-            return Err(C2sError::Closed);
-        }
-        self.reader.feed(&self.rbuf[..n]);
-        Ok(())
+        let reader = &mut self.reader;
+        std::future::poll_fn(|cx| {
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(C2sError::Io(e))),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    Poll::Ready(Err(C2sError::Closed))
+                }
+                Poll::Ready(Ok(())) => {
+                    reader.feed(buf.filled());
+                    Poll::Ready(Ok(()))
+                }
+            }
+        })
+        .await
     }
 
     pub fn next_event(&mut self) -> Result<Option<StreamEvent>, C2sError> {
@@ -297,6 +335,9 @@ impl Conn {
             ));
             return;
         }
+        if self.out.capacity() == 0 {
+            self.out.reserve(OUT_INITIAL);
+        }
         if el.ns() == ns::STREAM {
             self.out.extend_from_slice(b"<stream:");
             self.out.extend_from_slice(el.name().as_bytes());
@@ -348,11 +389,9 @@ impl Conn {
             io.flush().await
         })
         .await;
-        self.out.clear();
-        // Give back memory a burst grew, but keep a small buffer around.
-        if self.out.capacity() > 64 * 1024 {
-            self.out.shrink_to(4096);
-        }
+        // Nothing stays allocated between writes: an idle session should cost as little
+        // as possible, and one allocation per batch of stanzas is cheap next to the write.
+        self.out = Vec::new();
         match result {
             Ok(r) => Ok(r?),
             Err(_) => Err(C2sError::Io(std::io::ErrorKind::TimedOut.into())),

@@ -51,12 +51,14 @@ fn wrap(kind: &str, user: &BareJid, to: &str, msg: &Element) -> Element {
 }
 
 fn copy_to(server: &ServerState, user: &BareJid, kind: &str, msg: &Element, skip: &[u64]) {
-    for r in server.sessions.resources(user) {
-        if r.carbons && !skip.contains(&r.handle.id) {
-            // A copy is a courtesy: a stalled resource that cannot take it loses nothing
-            // it cannot fetch again (the original went where the rules sent it).
-            let _ = r.handle.send(wrap(kind, user, r.handle.jid.as_str(), msg));
-        }
+    // Runs for every message: only the handles of resources that want copies are taken.
+    let wanting = server
+        .sessions
+        .handles_where(user, |r| r.carbons && !skip.contains(&r.handle.id));
+    for handle in wanting {
+        // A copy is a courtesy: a stalled resource that cannot take it loses nothing
+        // it cannot fetch again (the original went where the rules sent it).
+        let _ = handle.send(wrap(kind, user, handle.jid.as_str(), msg));
     }
 }
 

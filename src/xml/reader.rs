@@ -364,6 +364,39 @@ impl StreamReader {
         self.buf = buf;
     }
 
+    /// Changes the limits from the next byte on (a stream allows more once the peer has
+    /// authenticated).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// Frees the scratch buffers that hold nothing right now (input fully consumed, no
+    /// token or element in progress). A stream spends most of its life waiting between
+    /// stanzas; this keeps that wait from holding on to the capacity the last stanza grew.
+    pub fn release_idle(&mut self) {
+        if self.pos >= self.buf.len() && self.buf.capacity() > 0 {
+            self.buf = Vec::new();
+            self.pos = 0;
+        }
+        fn free(s: &mut String) {
+            if s.is_empty() && s.capacity() > 0 {
+                *s = String::new();
+            }
+        }
+        free(&mut self.tag);
+        free(&mut self.attr_name);
+        free(&mut self.attr_value);
+        free(&mut self.reference);
+        free(&mut self.decl);
+        free(&mut self.text);
+        if self.attrs.is_empty() && self.attrs.capacity() > 0 {
+            self.attrs = Vec::new();
+        }
+        if self.stack.is_empty() && self.stack.capacity() > 0 {
+            self.stack = Vec::new();
+        }
+    }
+
     /// Raw bytes not yet parsed, plus the bytes of the partly read header or top-level
     /// element (whose content is held in the partial tree until it completes).
     pub fn buffered(&self) -> usize {
