@@ -1,6 +1,6 @@
 // RFC 7395: @xmpp/client logs in over WebSocket and chats with a slixmpp client on the
-// TCP port (tcp_peer.py echoes what it gets). Started by ./run, which passes the
-// server's addresses in the environment.
+// TCP port (tcp_peer.py echoes what it gets). Started by conformance/suites/web.py, which passes
+// the server's addresses in the environment.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -23,8 +23,12 @@ function startPeer() {
 }
 
 function withTimeout(promise, ms, what) {
-  return Promise.race([promise, new Promise((_, reject) =>
-    setTimeout(() => reject(new Error(`timed out: ${what}`)), ms))]);
+  let timer;
+  const expiry = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out: ${what}`)), ms);
+  });
+  // cleared once settled: a pending timer would keep node --test alive for `ms`
+  return Promise.race([promise, expiry]).finally(() => clearTimeout(timer));
 }
 
 test("@xmpp/client over WebSocket chats with slixmpp over TCP", async () => {

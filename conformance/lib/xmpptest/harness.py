@@ -91,6 +91,17 @@ class Context:
             self._servers[key] = s
         return s
 
+    def add_server(self, key: str, server) -> None:
+        """Adopt a server (or helper process with kind/alive/stop/log_tail) started by the
+        suite itself, e.g. a federation pair: stopped at the end like the others, checked
+        after every scenario, its log printed when a scenario fails."""
+        if not hasattr(server, "users"):
+            server.users = {}
+        self._servers[key] = server
+
+    def has_server(self, key: str) -> bool:
+        return key in self._servers
+
     def user(self, server: Server, name: str | None = None) -> tuple[str, str]:
         """A fresh account on `server`: returns (bare JID, password)."""
         name = name or f"u{secrets.token_hex(4)}"

@@ -22,10 +22,12 @@ class NbxClient:
 
     @classmethod
     async def start(cls, server: Server, jid: str, password: str, *, direct_tls=False,
-                    mechs=("SCRAM-SHA-256",), resource="nbxmpp") -> "NbxClient":
+                    mechs=("SCRAM-SHA-256",), resource="nbxmpp",
+                    presences=False) -> "NbxClient":
         cfg = dict(jid=jid, password=password, host=server.host,
                    port=server.direct_tls_port if direct_tls else server.c2s_port,
-                   direct_tls=direct_tls, mechs=list(mechs), resource=resource)
+                   direct_tls=direct_tls, mechs=list(mechs), resource=resource,
+                   presences=presences)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(AGENT), json.dumps(cfg), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -68,6 +70,11 @@ class NbxClient:
                               .encode())
         await self.proc.stdin.drain()
         await self.expect("sent")
+
+    async def command(self, **cmd):
+        """Send one agent command (see nbx_agent.py); read its events with expect()."""
+        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+        await self.proc.stdin.drain()
 
     async def _stderr(self) -> str:
         try:

@@ -127,9 +127,13 @@ class Server:
     def _env(self) -> dict[str, str]:
         return dict(os.environ)
 
+    def _ready_ports(self) -> list[int]:
+        """The ports that must accept connections before the server counts as started."""
+        return [self.c2s_port, self.direct_tls_port]
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
-        ports = [self.c2s_port, self.direct_tls_port]
+        ports = self._ready_ports()
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise ServerError(
@@ -187,19 +191,93 @@ class Server:
 
 
 class StarlingServer(Server):
+    """`s2s=True` adds s2s listeners (STARTTLS on `s2s_port`, XEP-0368 direct TLS on
+    `s2s_direct_tls_port`) with `s2s_routes` ({domain: "host:port"}) and optional `s2s_ca_file`;
+    `http=True` adds an HTTP listener on `http_port` (WebSocket, BOSH, the web page from
+    `web_root`)."""
+
     kind = "starling"
 
-    def __init__(self, binary: str | os.PathLike, **kw):
+    def __init__(self, binary: str | os.PathLike, *, admins: tuple[str, ...] = (),
+                 extra_config: str = "", s2s: bool = False,
+                 s2s_routes: dict[str, str] | None = None, s2s_ca_file: str | None = None,
+                 http: bool = False, web_root: str | os.PathLike | None = None, **kw):
         super().__init__(**kw)
+        self.s2s = s2s
+        self.s2s_routes = dict(s2s_routes or {})
+        self.s2s_ca_file = s2s_ca_file
+        self.s2s_direct_tls_port = 0
+        self.http = http
+        self.web_root = web_root
+        self.http_port = 0
         self.binary = str(Path(binary).resolve())
         self.config_path: Path | None = None
+        self.admins = tuple(admins)  # bare JIDs written to `admins`
+        self.extra_config = extra_config  # TOML appended to the generated config (after the
+        #                                   [http] table: start it with a table header)
+
+    def restart(self) -> "StarlingServer":
+        """Stop the process (SIGTERM) and start it again on the same directory, data and
+        ports: what persists across a restart is what the server stored."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        argv = [self.binary, "--config", str(self.config_path), "serve"]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.dir, env=self._env(), start_new_session=True)
+        log.close()
+        _RUNNING.add(self)
+        self._wait_ready()
+        return self
+
+    def _ready_ports(self) -> list[int]:
+        ports = super()._ready_ports()
+        if self.s2s:
+            ports += [self.s2s_port, self.s2s_direct_tls_port]
+        if self.http:
+            ports.append(self.http_port)
+        return ports
+
+    def _s2s_toml(self) -> str:
+        if not self.s2s:
+            return "[s2s]\nlisten = []\n"
+        lines = ["[s2s]", f'listen = ["{LOOPBACK}:{self.s2s_port}"]',
+                 f'direct_tls_listen = ["{LOOPBACK}:{self.s2s_direct_tls_port}"]',
+                 "system_roots = false"]
+        if self.s2s_ca_file:
+            lines.append(f'ca_file = "{self.s2s_ca_file}"')
+        lines.append("[s2s.routes]")
+        lines += [f'"{d}" = "{t}"' for d, t in self.s2s_routes.items()]
+        return "\n".join(lines) + "\n"
+
+    def _http_toml(self) -> str:
+        if not self.http:
+            return "[http]\nlisten = []\n"
+        lines = ["[http]", f'listen = ["{LOOPBACK}:{self.http_port}"]']
+        if self.web_root is not None:
+            lines.append(f'web_root = "{Path(self.web_root).resolve()}"')
+        return "\n".join(lines) + "\n"
 
     def _write_config(self) -> list[str]:
+        if self.s2s:
+            self.s2s_direct_tls_port = free_port()
+        if self.http:
+            self.http_port = free_port()
         self.config_path = self.dir / "starling.toml"
         self.config_path.write_text(textwrap.dedent(f"""\
             domain = "{self.domain}"
             data_dir = "{self.dir / 'data'}"
-            admins = []
+            admins = [{", ".join(f'"{a}"' for a in self.admins)}]
 
             [c2s]
             listen = ["{LOOPBACK}:{self.c2s_port}"]
@@ -207,12 +285,7 @@ class StarlingServer(Server):
             allow_registration = {str(self.allow_registration).lower()}
             require_encryption = true
 
-            [s2s]
-            listen = []
-
-            [http]
-            listen = []
-            """))
+            """) + self._s2s_toml() + "\n" + self._http_toml() + "\n" + (self.extra_config + "\n" if self.extra_config else ""))
         return [self.binary, "--config", str(self.config_path), "serve"]
 
     def _env(self) -> dict[str, str]:
@@ -265,11 +338,18 @@ class ProsodyServer(Server):
     kind = "prosody"
     scram = "SCRAM-SHA-1"  # Prosody 0.12 has no SCRAM-SHA-256
 
-    def __init__(self, *, s2s: bool = False, extra_config: str = "", **kw):
+    def __init__(self, *, s2s: bool = False, extra_config: str = "", log_level: str = "info",
+                 **kw):
+        """`s2s=True` enables s2s (with XEP-0220 dialback) on `s2s_port`; `extra_config` is
+        Lua for the global section; `log_level="debug"` logs every stanza."""
         super().__init__(**kw)
         self.s2s = s2s
         self.extra_config = extra_config
+        self.log_level = log_level
         self.config_path: Path | None = None
+
+    def _ready_ports(self) -> list[int]:
+        return super()._ready_ports() + ([self.s2s_port] if self.s2s else [])
 
     def _write_config(self) -> list[str]:
         data = self.dir / "data"
@@ -277,6 +357,8 @@ class ProsodyServer(Server):
         crt, key = make_self_signed(self.dir, self.domain)
         modules = ["roster", "saslauth", "tls", "disco", "ping", "version", "time", "uptime",
                    "register", "presence", "message", "iq"]
+        if self.s2s:
+            modules.append("dialback")
         self.config_path = self.dir / "prosody.cfg.lua"
         self.config_path.write_text(textwrap.dedent(f"""\
             run_as_root = true
@@ -302,7 +384,7 @@ class ProsodyServer(Server):
             s2s_secure_auth = false
             allow_registration = {str(self.allow_registration).lower()}
             min_seconds_between_registrations = 0
-            log = {{ {{ levels = {{ min = "info" }}, to = "console" }} }}
+            log = {{ {{ levels = {{ min = "{self.log_level}" }}, to = "console" }} }}
             certificates = "{self.dir}"
             ssl = {{ certificate = "{crt}", key = "{key}" }}
             {self.extra_config}
