@@ -15,6 +15,16 @@ impl Store {
     /// was stored. The write is flushed before returning: a stored message survives a
     /// crash.
     pub fn offline_push(&self, user: &str, xml: &[u8], quota: usize) -> Result<bool, StoreError> {
+        let stripe = {
+            use std::hash::{BuildHasher, BuildHasherDefault};
+            let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .hash_one(user);
+            (h % self.offline_locks.len() as u64) as usize
+        };
+        // A poisoned stripe only means another pusher panicked; the data is in sled.
+        let guard = self.offline_locks[stripe]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if self.offline_count(user)? >= quota {
             return Ok(false);
         }
@@ -23,6 +33,8 @@ impl Store {
         self.im
             .offline
             .insert(user_key(user, &id.to_be_bytes()), xml)?;
+        // The insert is visible to the next counter at once; only the disk write waits.
+        drop(guard);
         self.im.offline.flush()?;
         Ok(true)
     }
@@ -94,5 +106,28 @@ mod tests {
         s.remove_offline("a@x").unwrap();
         assert_eq!(s.offline_count("a@x").unwrap(), 0);
         assert_eq!(s.offline_count("a@xy").unwrap(), 1);
+    }
+
+    /// Many senders racing at the quota's edge: exactly `quota` messages are stored.
+    #[test]
+    fn quota_holds_under_concurrent_senders() {
+        const QUOTA: usize = 300;
+        let s = Store::temporary().unwrap();
+        let stored = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let (s, stored) = (&s, &stored);
+                scope.spawn(move || {
+                    for i in 0..60 {
+                        let body = format!("t{t} m{i}");
+                        if s.offline_push("full@x", body.as_bytes(), QUOTA).unwrap() {
+                            stored.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(stored.into_inner(), QUOTA);
+        assert_eq!(s.offline_count("full@x").unwrap(), QUOTA);
     }
 }

@@ -14,7 +14,13 @@ pub struct Store {
     pub(super) im: super::ImTrees,
     pub(super) rooms: sled::Tree,
     pub(super) archive: super::ArchiveTrees,
+    /// Striped locks that make "count, then insert" on one user's offline queue atomic
+    /// (the quota must hold however many senders race). One process owns the database,
+    /// so in-process locks are enough.
+    pub(super) offline_locks: std::sync::Arc<[std::sync::Mutex<()>]>,
 }
+
+const OFFLINE_LOCK_STRIPES: usize = 64;
 
 const META_SCHEMA: &[u8] = b"schema_version";
 
@@ -62,6 +68,9 @@ impl Store {
             im,
             rooms,
             archive,
+            offline_locks: (0..OFFLINE_LOCK_STRIPES)
+                .map(|_| std::sync::Mutex::new(()))
+                .collect(),
         })
     }
 
