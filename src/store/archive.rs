@@ -122,12 +122,16 @@ impl Store {
             with: with.to_string(),
             xml: xml.to_string(),
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(user_key(owner, &id.to_be_bytes()), encode(&rec)?);
-        self.archive.records.apply_batch(batch)?;
+        let value = encode(&rec)?;
+        // Index first, record second: a crash between the two can only leave an index
+        // entry without its record, which queries already skip (as for an expired
+        // record), never a record that a query by conversation cannot find.
         self.archive
             .with
             .insert(with_key(owner, with, id), &[] as &[u8])?;
+        self.archive
+            .records
+            .insert(user_key(owner, &id.to_be_bytes()), value)?;
         Ok(id)
     }
 
