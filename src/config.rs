@@ -477,6 +477,11 @@ impl Config {
                 "http.bosh_inactivity_secs >= 1",
             ),
             (
+                // A held BOSH request is the client waiting, not the client gone.
+                self.limits.idle_timeout_secs > self.http.bosh_max_wait_secs,
+                "limits.idle_timeout_secs must exceed http.bosh_max_wait_secs",
+            ),
+            (
                 self.http.bosh_max_hold >= 1 && self.http.bosh_max_hold <= 16,
                 "http.bosh_max_hold must be 1..16",
             ),

@@ -333,3 +333,30 @@ async fn bad_bosh_requests() {
     assert_eq!(pong.attr("type"), Some("result"));
     ts.stop().await;
 }
+
+/// An empty BOSH poll carries no XML but shows the client is there: a client that only
+/// polls keeps its session past the stream's idle timeout.
+#[tokio::test]
+async fn empty_polls_keep_a_bosh_session_past_the_idle_timeout() {
+    let (ts, http) = start(|c| {
+        c.limits.idle_timeout_secs = 10;
+        c.http.bosh_max_wait_secs = 2;
+    })
+    .await;
+    ts.add_user("poller", "pw");
+    let mut poller = Bosh::login(http, "poller", "pw").await;
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(14) {
+        let b = poller.send("", "").await;
+        assert_ne!(b.attr("type"), Some("terminate"), "session ended: {b}");
+    }
+    let pong = poller
+        .until(
+            "",
+            "<iq xmlns='jabber:client' type='get' id='alive' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
+            |e| e.attr("id") == Some("alive"),
+        )
+        .await;
+    assert_eq!(pong.attr("type"), Some("result"), "{pong}");
+    ts.stop().await;
+}

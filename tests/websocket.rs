@@ -548,3 +548,38 @@ async fn shutdown_closes_websocket_sessions() {
         .expect("shutdown finishes")
         .expect("no panic");
 }
+
+/// RFC 7395 §3.5: WebSocket pings are the keepalive of this transport, so a client that
+/// sends only pings keeps its session past the idle timeout; one that sends nothing at
+/// all is closed with `connection-timeout`.
+#[tokio::test]
+async fn websocket_pings_keep_an_idle_session_alive() {
+    let (ts, http) = start(|c| {
+        c.limits.idle_timeout_secs = 10;
+        c.http.bosh_max_wait_secs = 5;
+    })
+    .await;
+    ts.add_user("pinger", "pw");
+    ts.add_user("silent", "pw");
+    let mut pinger = Ws::login(http, "pinger", "pw", false).await;
+    let mut silent = Ws::login(http, "silent", "pw", false).await;
+    for _ in 0..7 {
+        pinger
+            .ws
+            .send(Message::Ping(b"ka".to_vec().into()))
+            .await
+            .expect("ping");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // Fourteen seconds on, past the idle timeout: the silent one is gone...
+    let (cond, closed, _) = silent.stream_error().await;
+    assert_eq!(cond.as_deref(), Some("connection-timeout"));
+    assert!(closed, "no <close/> after the stream error");
+    // ...and the pinging one still answers.
+    pinger
+        .send("<iq xmlns='jabber:client' type='get' id='alive' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let pong = pinger.wait_for(|e| e.attr("id") == Some("alive")).await;
+    assert_eq!(pong.attr("type"), Some("result"), "{pong}");
+    ts.stop().await;
+}

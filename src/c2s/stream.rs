@@ -55,6 +55,21 @@ impl From<XmlError> for C2sError {
 /// framing or limits call for (the stream then ends with that error).
 pub type Incoming = Result<StreamEvent, StreamError>;
 
+/// One item on an HTTP transport's way into the stream.
+#[derive(Debug)]
+pub enum Inbound {
+    Event(Incoming),
+    /// The client showed it is alive without sending XML (a WebSocket ping, an empty
+    /// BOSH request): the stream's idle timer starts again, nothing else happens.
+    KeepAlive,
+}
+
+impl From<Incoming> for Inbound {
+    fn from(ev: Incoming) -> Inbound {
+        Inbound::Event(ev)
+    }
+}
+
 /// What the stream hands an HTTP transport, in order.
 #[derive(Debug)]
 pub enum Frame {
@@ -70,7 +85,7 @@ pub enum Frame {
 
 /// The stream's end of an HTTP transport.
 pub struct Framed {
-    pub incoming: mpsc::Receiver<Incoming>,
+    pub incoming: mpsc::Receiver<Inbound>,
     pub outgoing: mpsc::Sender<Frame>,
     /// Whether the stream counts as encrypted for `require_encryption` (TLS on the HTTP
     /// listener, or a trusted path to a TLS-terminating proxy; see `[http]`).
@@ -231,11 +246,12 @@ impl Conn {
         if let Some(f) = self.framed.as_mut() {
             // mpsc::Receiver::recv is cancel-safe, like the socket read below.
             return match f.end.incoming.recv().await {
-                Some(Ok(ev)) => {
+                Some(Inbound::Event(Ok(ev))) => {
                     f.pending.push_back(ev);
                     Ok(())
                 }
-                Some(Err(e)) => Err(C2sError::Stream(e)),
+                Some(Inbound::Event(Err(e))) => Err(C2sError::Stream(e)),
+                Some(Inbound::KeepAlive) => Ok(()),
                 None => Err(C2sError::Closed),
             };
         }

@@ -9,7 +9,7 @@
 //! `inactivity` seconds without any request.
 
 use super::{plain, Body, Ctx};
-use crate::c2s::stream::{Frame, Framed, Incoming};
+use crate::c2s::stream::{Frame, Framed, Inbound, Incoming};
 use crate::stanza::StreamError;
 use crate::xml::element::escape;
 use crate::xml::reader::{parse_element_with, Limits, StreamEvent, StreamHeader};
@@ -72,7 +72,7 @@ struct Session {
     wait: Duration,
     hold: usize,
     inactivity: Duration,
-    incoming: mpsc::Sender<Incoming>,
+    incoming: mpsc::Sender<Inbound>,
     state: Mutex<State>,
     /// Wakes held requests (new output, the session ending, a newer request).
     notify: Notify,
@@ -281,7 +281,7 @@ async fn create(ctx: Arc<Ctx>, body: Element, rid: u64) -> Response<Body> {
     };
     if session
         .incoming
-        .send(Ok(StreamEvent::Open(header)))
+        .send(Ok(StreamEvent::Open(header)).into())
         .await
         .is_err()
     {
@@ -342,7 +342,7 @@ impl Session {
         self.notify.notify_waiters();
         // The stream's own closing is driven by `incoming` being dropped with the
         // session; until then, tell it explicitly.
-        let _ = self.incoming.try_send(Ok(StreamEvent::Close));
+        let _ = self.incoming.try_send(Ok(StreamEvent::Close).into());
     }
 }
 
@@ -425,7 +425,13 @@ async fn process(session: &Arc<Session>, body: &Element, rid: u64) -> String {
     if terminating {
         events.push(Ok(StreamEvent::Close));
     }
-    for ev in events {
+    let inbound: Vec<Inbound> = if events.is_empty() {
+        // An empty poll: nothing for the stream but the news that the client is there.
+        vec![Inbound::KeepAlive]
+    } else {
+        events.into_iter().map(Inbound::from).collect()
+    };
+    for ev in inbound {
         if session.incoming.send(ev).await.is_err() {
             break;
         }
@@ -533,8 +539,8 @@ async fn pump(session: &Arc<Session>, mut out_rx: mpsc::Receiver<Frame>) {
                 if idle && !timed_out {
                     timed_out = true;
                     tracing::info!(sid = %session.sid, "BOSH session inactive; ending it");
-                    let _ = session.incoming.try_send(Err(StreamError::new("connection-timeout")
-                        .with_text("no BOSH request within the inactivity period")));
+                    let _ = session.incoming.try_send(Inbound::Event(Err(StreamError::new("connection-timeout")
+                        .with_text("no BOSH request within the inactivity period"))));
                     // Keep pumping: the stream still writes its error and closes.
                 }
             }

@@ -6,7 +6,7 @@
 //! parsed element and each element the stream emits into one text message.
 
 use super::{plain, Body, Ctx};
-use crate::c2s::stream::{Frame, Framed, Incoming};
+use crate::c2s::stream::{Frame, Framed, Inbound, Incoming};
 use crate::stanza::StreamError;
 use crate::xml::element::escape;
 use crate::xml::reader::{parse_element_with, Limits, StreamEvent, StreamHeader};
@@ -143,7 +143,7 @@ async fn run(ctx: Arc<Ctx>, ws: Ws) {
 async fn pump(
     server: &ServerState,
     ws: Ws,
-    in_tx: mpsc::Sender<Incoming>,
+    in_tx: mpsc::Sender<Inbound>,
     mut out_rx: mpsc::Receiver<Frame>,
 ) {
     let l = &server.config.limits;
@@ -155,7 +155,7 @@ async fn pump(
     let (mut sink, mut stream) = ws.split();
     // An event waiting for room in the stream's queue; the socket is not read meanwhile,
     // which is what pushes back on a client that sends faster than it is served.
-    let mut held: Option<Incoming> = None;
+    let mut held: Option<Inbound> = None;
     let mut reading = true;
     let mut peer_closed = false;
     let mut close_code = CloseCode::Normal;
@@ -176,7 +176,12 @@ async fn pump(
                             .with_text("XMPP over WebSocket uses text messages only")))
                     }
                     Some(Ok(Message::Close(_))) => { peer_closed = true; break; }
-                    // tungstenite answers pings itself; pongs and raw frames mean nothing here.
+                    // tungstenite answers pings itself; a ping still shows the client is
+                    // there (RFC 7395 §3.5 keepalives). Pongs and raw frames mean nothing.
+                    Some(Ok(Message::Ping(_))) => {
+                        held = Some(Inbound::KeepAlive);
+                        continue;
+                    }
                     Some(Ok(_)) => None,
                     Some(Err(WsError::Capacity(_))) => {
                         close_code = CloseCode::Size;
@@ -193,7 +198,7 @@ async fn pump(
                     if ev.is_err() {
                         reading = false;
                     }
-                    held = Some(ev);
+                    held = Some(ev.into());
                 }
             }
             out = out_rx.recv() => {
