@@ -18,6 +18,10 @@ pub const VERSION: &str = "jabber:iq:version";
 pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 pub const DATA_FORMS: &str = "jabber:x:data";
+/// XEP-0045 §7.13/§8.6 voice requests and their approval forms.
+pub const MUC_REQUEST: &str = "http://jabber.org/protocol/muc#request";
+/// XEP-0045 §7.10 nickname registration form.
+pub const MUC_REGISTER: &str = "http://jabber.org/protocol/muc#register";
 pub const DELAY: &str = "urn:xmpp:delay";
 /// RFC 7395 WebSocket framing (`<open/>`, `<close/>`).
 pub const FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";

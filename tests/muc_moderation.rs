@@ -389,3 +389,189 @@ async fn destroy_with_alternate_venue() {
     assert_eq!(stanza_error(&r).as_deref(), Some("item-not-found"));
     ts.stop().await;
 }
+
+fn form_value(form: &Element, var: &str) -> Option<String> {
+    form.children()
+        .find(|f| f.name() == "field" && f.attr("var") == Some(var))
+        .and_then(|f| f.child_text("value", ns::DATA_FORMS))
+}
+
+/// §7.13 and §8.6: a visitor asks for voice with a muc#request form; every moderator gets
+/// an approval form naming the visitor; a moderator's approval makes the visitor a
+/// participant. Asking twice at once, asking with voice, or approving without being a
+/// moderator are refused.
+#[tokio::test]
+async fn voice_requests_reach_moderators_and_approval_grants_voice() {
+    let ts = TestServer::start().await;
+    let mut alice = user(&ts, "alice").await;
+    let mut bob = user(&ts, "bob").await;
+    let mut carol = user(&ts, "carol").await;
+    join(&mut alice, "asking", "Alice", "").await;
+    let r = configure(
+        &mut alice,
+        "asking",
+        &[("muc#roomconfig_moderatedroom", "1")],
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    join(&mut bob, "asking", "Bob", "").await;
+    join(&mut carol, "asking", "Carol", "").await;
+    let request = |id: &str| {
+        format!(
+            "<message to='{}' id='{id}'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field><field var='muc#role' type='list-single'><value>participant</value></field></x></message>",
+            room("asking")
+        )
+    };
+    bob.send(&request("vr1")).await;
+    let ask = alice
+        .wait_for(|e| e.name() == "message" && e.has_child("x", ns::DATA_FORMS))
+        .await;
+    assert_eq!(ask.attr("from"), Some(room("asking").as_str()));
+    let form = ask.child("x", ns::DATA_FORMS).unwrap();
+    assert_eq!(form.attr("type"), Some("form"));
+    assert_eq!(
+        form_value(form, "FORM_TYPE").as_deref(),
+        Some("http://jabber.org/protocol/muc#request")
+    );
+    assert_eq!(form_value(form, "muc#roomnick").as_deref(), Some("Bob"));
+    assert_eq!(
+        form_value(form, "muc#jid").as_deref(),
+        Some("bob@localhost")
+    );
+    assert_eq!(form_value(form, "muc#role").as_deref(), Some("participant"));
+    assert_eq!(
+        form_value(form, "muc#request_allow").as_deref(),
+        Some("false")
+    );
+    // A second request right away is refused, not passed on.
+    bob.send(&request("vr2")).await;
+    let e = bob.wait_for(|e| e.attr("id") == Some("vr2")).await;
+    assert_eq!(stanza_error(&e).as_deref(), Some("resource-constraint"));
+    // Carol, a visitor herself, cannot approve Bob's request.
+    let approve = |id: &str| {
+        format!(
+            "<message to='{}' id='{id}'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field><field var='muc#role'><value>participant</value></field><field var='muc#roomnick'><value>Bob</value></field><field var='muc#request_allow'><value>true</value></field></x></message>",
+            room("asking")
+        )
+    };
+    carol.send(&approve("ap1")).await;
+    let e = carol.wait_for(|e| e.attr("id") == Some("ap1")).await;
+    assert_eq!(stanza_error(&e).as_deref(), Some("forbidden"));
+    // The moderator approves: Bob's presence shows him a participant, and he may speak.
+    alice.send(&approve("ap2")).await;
+    let bob_jid = format!("{}/Bob", room("asking"));
+    let p = bob.wait_for(|e| is_presence_from(e, &bob_jid)).await;
+    assert_eq!(item(&p).attr("role"), Some("participant"), "{p}");
+    say(&mut bob, "asking", "spoke", "thank you").await;
+    let m = alice.wait_for(|e| e.attr("id") == Some("spoke")).await;
+    assert_eq!(body(&m).as_deref(), Some("thank you"));
+    // With voice, there is nothing to ask for.
+    bob.send(&request("vr3")).await;
+    let e = bob.wait_for(|e| e.attr("id") == Some("vr3")).await;
+    assert_eq!(stanza_error(&e).as_deref(), Some("not-acceptable"));
+    ts.stop().await;
+}
+
+/// §7.10 and §7.12: registering with a room reserves a nickname and makes the user a
+/// member; the reservation shows in disco#info's x-roomuser-item node, keeps others from
+/// the nick, and `<remove/>` gives it up. Members-only rooms do not let strangers in by
+/// registering.
+#[tokio::test]
+async fn nickname_registration_reserves_the_nick_and_grants_membership() {
+    let ts = TestServer::start().await;
+    let mut alice = user(&ts, "alice").await;
+    let mut bob = user(&ts, "bob").await;
+    let mut carol = user(&ts, "carol").await;
+    create_instant(&mut alice, "club", "Alice").await;
+    let reg_get = format!(
+        "<iq type='get' id='rg1' to='{}'><query xmlns='jabber:iq:register'/></iq>",
+        room("club")
+    );
+    let r = bob.iq(&reg_get, "rg1").await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let form = r
+        .child("query", ns::REGISTER)
+        .and_then(|q| q.child("x", ns::DATA_FORMS))
+        .unwrap_or_else(|| panic!("no form in {r}"));
+    assert_eq!(
+        form_value(form, "FORM_TYPE").as_deref(),
+        Some("http://jabber.org/protocol/muc#register")
+    );
+    assert!(form
+        .children()
+        .any(|f| f.attr("var") == Some("muc#register_roomnick")
+            && f.has_child("required", ns::DATA_FORMS)));
+    let submit = |id: &str, nick: &str| {
+        format!(
+            "<iq type='set' id='{id}' to='{}'><query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field><field var='muc#register_roomnick'><value>{nick}</value></field></x></query></iq>",
+            room("club")
+        )
+    };
+    let r = bob.iq(&submit("rs1", "Bobby"), "rs1").await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    // Now registered: the form gives way to the registration.
+    let r = bob.iq(&reg_get.replace("rg1", "rg2"), "rg2").await;
+    let q = r.child("query", ns::REGISTER).unwrap();
+    assert!(q.has_child("registered", ns::REGISTER), "{r}");
+    assert_eq!(
+        q.child_text("username", ns::REGISTER).as_deref(),
+        Some("Bobby")
+    );
+    // §7.12: the reserved nick as the identity of the x-roomuser-item node.
+    let r = bob
+        .iq(
+            &format!(
+                "<iq type='get' id='di' to='{}'><query xmlns='http://jabber.org/protocol/disco#info' node='x-roomuser-item'/></iq>",
+                room("club")
+            ),
+            "di",
+        )
+        .await;
+    let identity = r
+        .child("query", ns::DISCO_INFO)
+        .and_then(|q| q.child("identity", ns::DISCO_INFO))
+        .unwrap_or_else(|| panic!("no identity in {r}"));
+    assert_eq!(identity.attr("name"), Some("Bobby"));
+    // Bob is a member now.
+    let members = admin_list(&mut alice, "club", "ml", "affiliation='member'").await;
+    assert!(
+        members
+            .iter()
+            .any(|i| i.attr("jid") == Some("bob@localhost")),
+        "members: {members:?}"
+    );
+    // Carol can neither register nor join under Bob's reserved nick.
+    let r = carol.iq(&submit("rs2", "Bobby"), "rs2").await;
+    assert_eq!(stanza_error(&r).as_deref(), Some("conflict"), "{r}");
+    let got = join(&mut carol, "club", "Bobby", "").await;
+    let last = got.last().unwrap();
+    assert_eq!(last.attr("type"), Some("error"), "{last}");
+    assert_eq!(stanza_error(last).as_deref(), Some("conflict"));
+    // Unregistering frees the nick and ends the membership.
+    let r = bob
+        .iq(
+            &format!(
+                "<iq type='set' id='un' to='{}'><query xmlns='jabber:iq:register'><remove/></query></iq>",
+                room("club")
+            ),
+            "un",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let members = admin_list(&mut alice, "club", "ml2", "affiliation='member'").await;
+    assert!(members.is_empty(), "members: {members:?}");
+    let r = carol.iq(&submit("rs3", "Bobby"), "rs3").await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    // In a members-only room, registering is not a way in.
+    create_instant(&mut alice, "closed", "Alice").await;
+    let r = configure(&mut alice, "closed", &[("muc#roomconfig_membersonly", "1")]).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let r = bob
+        .iq(
+            &submit("rs4", "Bob").replace(&room("club"), &room("closed")),
+            "rs4",
+        )
+        .await;
+    assert_eq!(stanza_error(&r).as_deref(), Some("not-allowed"), "{r}");
+    ts.stop().await;
+}

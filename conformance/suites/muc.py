@@ -309,6 +309,95 @@ async def voice(ctx):
         check(err["error"]["condition"] == "forbidden", f"devoiced: {err}")
 
 
+NS_DATA = "jabber:x:data"
+NS_REQUEST = "http://jabber.org/protocol/muc#request"
+NS_REGISTER = "jabber:iq:register"
+NS_MUC_REGISTER = "http://jabber.org/protocol/muc#register"
+
+
+def form_values(x):
+    """{var: first value} of a data form element."""
+    out = {}
+    for f in x.findall(f"{{{NS_DATA}}}field"):
+        v = f.find(f"{{{NS_DATA}}}value")
+        out[f.get("var")] = v.text if v is not None else None
+    return out
+
+
+@suite.scenario("XEP-0045 §7.13/§8.6 voice request: slixmpp's request_voice reaches the "
+                "moderator as an approval form; submitting it makes the visitor a participant",
+                targets=TARGETS)
+async def voice_request(ctx):
+    server = ctx.server("main")
+    ua, ub = ctx.user(server), ctx.user(server)
+    async with clients(occupant(ua, server), occupant(ub, server)) as (a, b):
+        room = await create(a, server, "mod", moderatedroom="1")
+        pb = await join(b, room, "asker")
+        check(item(pb).get("role") == "visitor", f"role in a moderated room: {pb}")
+        b.plugin["xep_0045"].request_voice(JID(room), "participant")
+        ask = await a.expect_message(
+            lambda m: m["from"].full == room and m.xml.find(f"{{{NS_DATA}}}x") is not None)
+        x = ask.xml.find(f"{{{NS_DATA}}}x")
+        vals = form_values(x)
+        check(x.get("type") == "form", f"approval form type: {ask}")
+        check(vals.get("FORM_TYPE") == NS_REQUEST, f"FORM_TYPE: {vals}")
+        check(vals.get("muc#roomnick") == "asker", f"roomnick: {vals}")
+        check(vals.get("muc#jid") == ub[0], f"jid: {vals}, expected {ub[0]}")
+        check(vals.get("muc#request_allow") in ("false", "0"), f"request_allow: {vals}")
+        reply = a.make_message(mto=room)
+        sub = a.plugin["xep_0004"].make_form(ftype="submit")
+        sub.add_field(var="FORM_TYPE", ftype="hidden", value=NS_REQUEST)
+        sub.add_field(var="muc#role", value="participant")
+        sub.add_field(var="muc#roomnick", value="asker")
+        sub.add_field(var="muc#request_allow", ftype="boolean", value=True)
+        reply.append(sub)
+        reply.send()
+        await b.expect_presence(lambda p: is_from(room, "asker")(p) and
+                                item(p).get("role") == "participant")
+        b.send_message(mto=room, mbody="now I may speak", mtype="groupchat")
+        await a.expect_message(groupchat(room, "now I may speak"))
+
+
+@suite.scenario("XEP-0045 §7.10/§7.12 nickname registration: form, submit, registered "
+                "answer, reserved nick in disco#info, nick refused to others", targets=TARGETS)
+async def registration(ctx):
+    server = ctx.server("main")
+    ua, ub = ctx.user(server), ctx.user(server)
+    async with clients(occupant(ua, server), occupant(ub, server)) as (a, b):
+        room = new_room(server)
+        await join(a, room, "owner")
+        await a.plugin["xep_0045"].set_room_config(
+            JID(room), a.plugin["xep_0004"].make_form(ftype="submit"), timeout=T)
+        iq = b.make_iq_get(queryxmlns=NS_REGISTER, ito=room)
+        res = await iq.send(timeout=T)
+        x = res.xml.find(f"{{{NS_REGISTER}}}query/{{{NS_DATA}}}x")
+        check(x is not None, f"no registration form: {res}")
+        check(form_values(x).get("FORM_TYPE") == NS_MUC_REGISTER, f"form: {res}")
+        iq = b.make_iq_set(ito=room)
+        query = iq.xml.makeelement(f"{{{NS_REGISTER}}}query", {})
+        sub = b.plugin["xep_0004"].make_form(ftype="submit")
+        sub.add_field(var="FORM_TYPE", ftype="hidden", value=NS_MUC_REGISTER)
+        sub.add_field(var="muc#register_roomnick", value="Reserved")
+        query.append(sub.xml)
+        iq.xml.append(query)
+        await iq.send(timeout=T)
+        res = await b.make_iq_get(queryxmlns=NS_REGISTER, ito=room).send(timeout=T)
+        q = res.xml.find(f"{{{NS_REGISTER}}}query")
+        check(q.find(f"{{{NS_REGISTER}}}registered") is not None, f"not registered: {res}")
+        check(q.findtext(f"{{{NS_REGISTER}}}username") == "Reserved", f"username: {res}")
+        info = await b.plugin["xep_0030"].get_info(jid=room, node="x-roomuser-item", timeout=T)
+        names = [i[3] for i in info["disco_info"]["identities"]]
+        check(names == ["Reserved"], f"x-roomuser-item identities: {names}")
+        members = await a.plugin["xep_0045"].get_affiliation_list(JID(room), "member",
+                                                                  timeout=T)
+        check(JID(ub[0]).bare in [str(JID(m).bare) for m in members], f"members: {members}")
+        # Someone else may not take the reserved nick (here: the owner changing nick).
+        a.send_presence(pto=f"{room}/Reserved")
+        got = await a.expect_presence(lambda p: p["type"] == "error"
+                                      and p["from"].bare == room)
+        check(got["error"]["condition"] == "conflict", f"reserved nick: {got}")
+
+
 @suite.scenario("XEP-0045 §10.9 destroy with an alternate venue: occupants told, room gone",
                 targets=TARGETS)
 async def destroy(ctx):

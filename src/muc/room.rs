@@ -37,6 +37,8 @@ struct Occupant {
     /// The occupant's last presence, whose show/status/caps are passed on.
     presence: Element,
     occupant_id: String,
+    /// When this occupant last asked for voice (seconds since the epoch).
+    voice_requested: Option<u64>,
 }
 
 pub struct Room {
@@ -73,6 +75,16 @@ fn muc_user_x() -> Element {
 fn status(code: u16) -> Element {
     Element::new("status", ns::MUC_USER).with_attr("code", code.to_string())
 }
+
+/// The `FORM_TYPE` a data form declares, if any.
+fn form_type_of(x: &Element) -> Option<String> {
+    x.children()
+        .find(|f| f.is("field", ns::DATA_FORMS) && f.attr("var") == Some("FORM_TYPE"))
+        .and_then(|f| f.child_text("value", ns::DATA_FORMS))
+}
+
+/// Seconds an occupant waits between two voice requests, so moderators are not flooded.
+const VOICE_REQUEST_INTERVAL_SECS: u64 = 30;
 
 impl Room {
     fn new(jid: BareJid, service: Weak<Service>, creator: Option<&BareJid>) -> Room {
@@ -373,6 +385,7 @@ impl Room {
                     role,
                     presence: p.clone(),
                     occupant_id,
+                    voice_requested: None,
                 });
                 self.occupants.len() - 1
             }
@@ -836,6 +849,12 @@ impl Room {
         from: &FullJid,
         me: Option<usize>,
     ) {
+        if let Some(form) = m.child("x", ns::DATA_FORMS) {
+            if form_type_of(form).as_deref() == Some(ns::MUC_REQUEST) {
+                let form = form.clone();
+                return self.voice_form(server, &m, &form, from, me);
+            }
+        }
         let Some(x) = m.child("x", ns::MUC_USER) else {
             return bounce(
                 server,
@@ -954,6 +973,8 @@ impl Room {
             ("get", "query", ns::MUC_ADMIN) => self.admin_get(&from, &payload),
             ("set", "query", ns::MUC_ADMIN) => self.admin_set(server, &from, &payload),
             ("get" | "set", "query", ns::MAM) => self.mam_query(server, &from, &payload, ty),
+            ("get", "query", ns::REGISTER) => self.registration_form(&from),
+            ("set", "query", ns::REGISTER) => self.register(server, &from, &payload),
             _ => Err(StanzaError::service_unavailable()),
         };
         let reply = match result {
@@ -1025,9 +1046,23 @@ impl Room {
         route(server, out);
     }
 
-    fn disco_info(&self, _from: &FullJid, q: &Element) -> Result<Option<Element>, StanzaError> {
-        if q.attr("node").is_some() {
-            return Err(StanzaError::item_not_found());
+    fn disco_info(&self, from: &FullJid, q: &Element) -> Result<Option<Element>, StanzaError> {
+        match q.attr("node") {
+            None => {}
+            // §7.12: the nick this user has reserved, as the identity's name.
+            Some(node @ "x-roomuser-item") => {
+                let mut query = Element::new("query", ns::DISCO_INFO).with_attr("node", node);
+                if let Some(nick) = self.reserved_nick(&from.to_bare()) {
+                    query.push(
+                        Element::new("identity", ns::DISCO_INFO)
+                            .with_attr("category", "conference")
+                            .with_attr("type", "text")
+                            .with_attr("name", nick),
+                    );
+                }
+                return Ok(Some(query));
+            }
+            Some(_) => return Err(StanzaError::item_not_found()),
         }
         let c = &self.config;
         let name = if c.name.is_empty() {
@@ -1048,6 +1083,8 @@ impl Room {
             ns::DISCO_ITEMS,
             ns::MUC_SELF_PING,
             ns::OCCUPANT_ID,
+            ns::REGISTER,
+            ns::MUC_REQUEST,
             pick(c.public, "muc_public", "muc_hidden"),
             pick(c.persistent, "muc_persistent", "muc_temporary"),
             pick(c.members_only, "muc_membersonly", "muc_open"),
@@ -1467,6 +1504,244 @@ impl Room {
                 }
             }
         }
+        self.save(server);
+        Ok(None)
+    }
+
+    // ----- voice requests (§7.13, §8.6) -----
+
+    /// A `muc#request` form sent to the room: a visitor asking for voice, or a moderator
+    /// answering such a request.
+    fn voice_form(
+        &mut self,
+        server: &ServerState,
+        m: &Element,
+        x: &Element,
+        from: &FullJid,
+        me: Option<usize>,
+    ) {
+        use crate::forms::Form;
+        let form = match Form::try_from(x) {
+            Ok(f) => f,
+            Err(e) => return bounce(server, m, e),
+        };
+        let Some(i) = me else {
+            return bounce(
+                server,
+                m,
+                StanzaError::not_acceptable().with_text("you are not in this room"),
+            );
+        };
+        if form.get("muc#request_allow").is_some() {
+            return self.voice_decision(server, m, &form, i);
+        }
+        if form.value("muc#role") != Some("participant") {
+            return bounce(
+                server,
+                m,
+                StanzaError::bad_request()
+                    .with_text("only voice (role participant) can be asked for"),
+            );
+        }
+        if self.occupants[i].role != Role::Visitor {
+            return bounce(
+                server,
+                m,
+                StanzaError::not_acceptable().with_text("you already have voice"),
+            );
+        }
+        let now = now_secs();
+        if self.occupants[i]
+            .voice_requested
+            .is_some_and(|t| now.saturating_sub(t) < VOICE_REQUEST_INTERVAL_SECS)
+        {
+            return bounce(
+                server,
+                m,
+                StanzaError::resource_constraint()
+                    .with_text("your last voice request is still with the moderators"),
+            );
+        }
+        self.occupants[i].voice_requested = Some(now);
+        let nick = self.occupants[i].nick.clone();
+        tracing::info!(room = %self.jid, %nick, "voice requested");
+        let approval = Self::voice_approval_form(&nick, from);
+        for o in self.occupants.iter().filter(|o| o.role == Role::Moderator) {
+            for s in &o.sessions {
+                let out = Element::new("message", ns::CLIENT)
+                    .with_attr("from", self.jid.to_string())
+                    .with_attr("to", s.to_string())
+                    .with_child(approval.clone());
+                route(server, out);
+            }
+        }
+    }
+
+    /// The form moderators get for a voice request; they grant voice by submitting it
+    /// with `muc#request_allow` true.
+    fn voice_approval_form(nick: &str, requester: &FullJid) -> Element {
+        use crate::forms::{Field, FieldType, Form, FormType};
+        Form::typed(FormType::Form, ns::MUC_REQUEST)
+            .title("Voice request")
+            .instructions(format!(
+                "{nick} asks for voice. Allow the request and submit this form to grant it."
+            ))
+            .field(
+                Field::new("muc#role", FieldType::ListSingle)
+                    .label("Requested role")
+                    .option("Participant", "participant")
+                    .value("participant"),
+            )
+            .field(
+                Field::new("muc#jid", FieldType::JidSingle)
+                    .label("User ID")
+                    .value(requester.to_bare().to_string()),
+            )
+            .field(
+                Field::new("muc#roomnick", FieldType::TextSingle)
+                    .label("Room nickname")
+                    .value(nick),
+            )
+            .field(
+                Field::new("muc#request_allow", FieldType::Boolean)
+                    .label("Grant voice to this person?")
+                    .value("false"),
+            )
+            .to_element()
+    }
+
+    /// A moderator's answer to a voice request (§8.6).
+    fn voice_decision(
+        &mut self,
+        server: &ServerState,
+        m: &Element,
+        form: &crate::forms::Form,
+        moderator: usize,
+    ) {
+        if self.occupants[moderator].role != Role::Moderator {
+            return bounce(
+                server,
+                m,
+                StanzaError::forbidden().with_text("only moderators decide voice requests"),
+            );
+        }
+        if !matches!(form.value("muc#request_allow"), Some("true" | "1")) {
+            // Declined: nothing changes for the visitor.
+            return;
+        }
+        let Some(nick) = form.value("muc#roomnick") else {
+            return bounce(
+                server,
+                m,
+                StanzaError::bad_request().with_text("muc#roomnick is missing"),
+            );
+        };
+        let Some(t) = self.by_nick(nick) else {
+            return bounce(
+                server,
+                m,
+                StanzaError::item_not_found().with_text("no such occupant"),
+            );
+        };
+        if self.occupants[t].role == Role::Visitor {
+            tracing::info!(room = %self.jid, nick = %nick, by = %self.occupants[moderator].nick, "voice granted");
+            self.occupants[t].role = Role::Participant;
+            self.occupants[t].voice_requested = None;
+            self.broadcast_presence(server, t, &Codes::default());
+        }
+    }
+
+    // ----- nickname registration (§7.10) -----
+
+    fn reserved_nick(&self, bare: &BareJid) -> Option<String> {
+        self.affiliations.get(bare).and_then(|r| r.nick.clone())
+    }
+
+    fn registration_form(&self, from: &FullJid) -> Result<Option<Element>, StanzaError> {
+        use crate::forms::{Field, FieldType, Form, FormType};
+        let bare = from.to_bare();
+        if self.affiliation(&bare) == Affiliation::Outcast {
+            return Err(StanzaError::forbidden().with_text("you are banned from this room"));
+        }
+        let mut q = Element::new("query", ns::REGISTER);
+        if let Some(nick) = self.reserved_nick(&bare) {
+            q.push(Element::new("registered", ns::REGISTER));
+            q.push(Element::new("username", ns::REGISTER).with_text(nick));
+            return Ok(Some(q));
+        }
+        q.push(
+            Element::new("instructions", ns::REGISTER)
+                .with_text("Choose the nickname to reserve in this room."),
+        );
+        q.push(
+            Form::typed(FormType::Form, ns::MUC_REGISTER)
+                .title("Room registration")
+                .field(
+                    Field::new("muc#register_roomnick", FieldType::TextSingle)
+                        .label("Nickname")
+                        .required(),
+                )
+                .to_element(),
+        );
+        Ok(Some(q))
+    }
+
+    /// Registers the sender with the room: a reserved nickname, and membership if the
+    /// user had no affiliation. A `<remove/>` gives both up again.
+    fn register(
+        &mut self,
+        server: &ServerState,
+        from: &FullJid,
+        q: &Element,
+    ) -> Result<Option<Element>, StanzaError> {
+        use crate::forms::{Field, FieldType, Form, FormType};
+        let bare = from.to_bare();
+        let aff = self.affiliation(&bare);
+        if aff == Affiliation::Outcast {
+            return Err(StanzaError::forbidden().with_text("you are banned from this room"));
+        }
+        if q.has_child("remove", ns::REGISTER) {
+            if aff == Affiliation::None {
+                return Err(StanzaError::item_not_found().with_text("you are not registered"));
+            }
+            if aff == Affiliation::Member {
+                self.set_affiliation(server, bare, Affiliation::None, None, None, None);
+            } else if let Some(r) = self.affiliations.get_mut(&bare) {
+                r.nick = None;
+            }
+            self.save(server);
+            return Ok(None);
+        }
+        if self.config.members_only && aff == Affiliation::None {
+            return Err(StanzaError::not_allowed()
+                .with_text("members of this room are chosen by its admins"));
+        }
+        let x = q
+            .child("x", ns::DATA_FORMS)
+            .ok_or_else(|| StanzaError::bad_request().with_text("expected a submitted form"))?;
+        let submitted = Form::try_from(x)?;
+        if submitted.kind == FormType::Cancel {
+            return Ok(None);
+        }
+        let shown = Form::typed(FormType::Form, ns::MUC_REGISTER)
+            .field(Field::new("muc#register_roomnick", FieldType::TextSingle).required());
+        shown
+            .check_submission(&submitted)
+            .map_err(|t| StanzaError::bad_request().with_text(t))?;
+        let nick = submitted
+            .value("muc#register_roomnick")
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string();
+        if !Self::valid_nick(&nick) {
+            return Err(StanzaError::jid_malformed().with_text("invalid nickname"));
+        }
+        if !self.nick_free_for(&nick, &bare) {
+            return Err(StanzaError::conflict().with_text("that nickname is taken"));
+        }
+        let new_aff = aff.max(Affiliation::Member);
+        tracing::info!(room = %self.jid, user = %bare, %nick, "nickname registered");
+        self.set_affiliation(server, bare, new_aff, Some(nick), None, None);
         self.save(server);
         Ok(None)
     }
