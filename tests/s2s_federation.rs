@@ -27,18 +27,20 @@ async fn federation() -> Pair {
     let a = TestServer::start_with(|c| {
         c.domain = "a.test".into();
         c.s2s.listen = vec![format!("127.0.0.1:{pa}")];
-        c.s2s
-            .routes
-            .insert("b.test".into(), format!("127.0.0.1:{pb}"));
+        for d in ["b.test", "conference.b.test"] {
+            c.s2s.routes.insert(d.into(), format!("127.0.0.1:{pb}"));
+        }
         c.s2s.system_roots = false;
     })
     .await;
     let b = TestServer::start_with(|c| {
         c.domain = "b.test".into();
         c.s2s.listen = vec![format!("127.0.0.1:{pb}")];
-        c.s2s
-            .routes
-            .insert("a.test".into(), format!("127.0.0.1:{pa}"));
+        // The MUC service speaks for its own domain on server streams, so the peer
+        // must be able to reach it for dialback.
+        for d in ["a.test", "conference.a.test"] {
+            c.s2s.routes.insert(d.into(), format!("127.0.0.1:{pa}"));
+        }
         c.s2s.system_roots = false;
     })
     .await;
@@ -557,6 +559,175 @@ async fn subscription_handshake_across_servers() {
             && e.attr("from") == Some("bob@b.test/desk")
     })
     .await;
+    p.a.stop().await;
+    p.b.stop().await;
+}
+
+// ---- group chat across servers ----
+
+fn muc_codes(e: &Element) -> Vec<String> {
+    e.child("x", starling::ns::MUC_USER)
+        .map(|x| {
+            x.children()
+                .filter(|c| c.name() == "status")
+                .filter_map(|c| c.attr("code").map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn muc_item(e: &Element) -> Element {
+    e.child("x", starling::ns::MUC_USER)
+        .and_then(|x| x.child("item", starling::ns::MUC_USER))
+        .cloned()
+        .unwrap_or_else(|| panic!("no muc#user item in {e}"))
+}
+
+fn presence_from<'a>(from: &'a str) -> impl Fn(&Element) -> bool + 'a {
+    move |e: &Element| e.name() == "presence" && e.attr("from") == Some(from)
+}
+
+fn groupchat_from<'a>(from: &'a str, body: &'a str) -> impl Fn(&Element) -> bool + 'a {
+    move |e: &Element| {
+        e.name() == "message"
+            && e.attr("type") == Some("groupchat")
+            && e.attr("from") == Some(from)
+            && e.child_text("body", starling::ns::CLIENT).as_deref() == Some(body)
+    }
+}
+
+#[tokio::test]
+async fn remote_user_in_local_room() {
+    let p = federation().await;
+    let mut al = alice(&p).await;
+    let mut bo = bob(&p).await;
+    let room = "lounge@conference.a.test";
+    // alice creates the room on her own server and accepts the default configuration.
+    al.send(&format!(
+        "<presence to='{room}/Alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    let own = al
+        .wait_for(presence_from("lounge@conference.a.test/Alice"))
+        .await;
+    let codes = muc_codes(&own);
+    assert!(
+        codes.contains(&"110".into()) && codes.contains(&"201".into()),
+        "{own}"
+    );
+    let r = al
+        .iq(
+            &format!(
+                "<iq type='set' id='inst' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>"
+            ),
+            "inst",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+
+    // bob, on the other server, joins it.
+    bo.send(&format!(
+        "<presence to='{room}/Bob'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    // The existing occupant first, then bob's own presence (110), then the subject.
+    let first = bo.wait_for(|e| e.name() == "presence").await;
+    assert_eq!(
+        first.attr("from"),
+        Some("lounge@conference.a.test/Alice"),
+        "{first}"
+    );
+    assert_eq!(first.attr("to"), Some("bob@b.test/desk"));
+    assert_eq!(muc_item(&first).attr("affiliation"), Some("owner"));
+    let own = bo.wait_for(|e| e.name() == "presence").await;
+    assert_eq!(
+        own.attr("from"),
+        Some("lounge@conference.a.test/Bob"),
+        "{own}"
+    );
+    assert!(muc_codes(&own).contains(&"110".into()), "{own}");
+    assert_eq!(muc_item(&own).attr("role"), Some("participant"));
+    let subject = bo.wait_for(|e| e.name() == "message").await;
+    assert!(
+        subject.has_child("subject", starling::ns::CLIENT),
+        "{subject}"
+    );
+    assert_eq!(subject.attr("from"), Some(room));
+    // alice (a moderator) sees bob arrive with his real, remote JID.
+    let arrived = al
+        .wait_for(presence_from("lounge@conference.a.test/Bob"))
+        .await;
+    assert_eq!(
+        muc_item(&arrived).attr("jid"),
+        Some("bob@b.test/desk"),
+        "{arrived}"
+    );
+    assert!(!muc_codes(&arrived).contains(&"110".into()));
+
+    // Messages both ways, each reflected to every occupant under the sender's nick.
+    bo.send(&format!(
+        "<message to='{room}' type='groupchat' id='g1'><body>hello from b</body></message>"
+    ))
+    .await;
+    let m = al
+        .wait_for(groupchat_from(
+            "lounge@conference.a.test/Bob",
+            "hello from b",
+        ))
+        .await;
+    assert_eq!(m.attr("to"), Some("alice@a.test/phone"));
+    let echo = bo
+        .wait_for(groupchat_from(
+            "lounge@conference.a.test/Bob",
+            "hello from b",
+        ))
+        .await;
+    assert_eq!(echo.attr("id"), Some("g1"));
+    al.send(&format!(
+        "<message to='{room}' type='groupchat'><body>welcome, b</body></message>"
+    ))
+    .await;
+    let m = bo
+        .wait_for(groupchat_from(
+            "lounge@conference.a.test/Alice",
+            "welcome, b",
+        ))
+        .await;
+    assert_eq!(m.attr("to"), Some("bob@b.test/desk"));
+
+    // A private message from the remote occupant reaches alice through the room.
+    bo.send(&format!(
+        "<message to='{room}/Alice' type='chat'><body>psst</body><x xmlns='http://jabber.org/protocol/muc#user'/></message>"
+    ))
+    .await;
+    let pm = al
+        .wait_for(|e| e.name() == "message" && e.attr("type") == Some("chat"))
+        .await;
+    assert_eq!(pm.attr("from"), Some("lounge@conference.a.test/Bob"));
+    assert_eq!(
+        pm.child_text("body", starling::ns::CLIENT).as_deref(),
+        Some("psst")
+    );
+
+    // bob leaves: alice sees him go, bob gets his own unavailable presence with 110.
+    bo.send(&format!("<presence to='{room}/Bob' type='unavailable'/>"))
+        .await;
+    let gone = al
+        .wait_for(presence_from("lounge@conference.a.test/Bob"))
+        .await;
+    assert_eq!(gone.attr("type"), Some("unavailable"));
+    let own = bo
+        .wait_for(presence_from("lounge@conference.a.test/Bob"))
+        .await;
+    assert_eq!(own.attr("type"), Some("unavailable"));
+    assert!(muc_codes(&own).contains(&"110".into()), "{own}");
+    // The room's stream to b.test speaks for the MUC domain.
+    assert!(p
+        .a
+        .state()
+        .s2s
+        .outgoing_pairs()
+        .contains(&("conference.a.test".to_string(), "b.test".to_string())));
     p.a.stop().await;
     p.b.stop().await;
 }
