@@ -6,6 +6,7 @@ mod common;
 use common::{stanza_error, Client, Got, TestServer};
 use starling::xml::Element;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 const PW: &str = "secret-pw";
@@ -246,6 +247,149 @@ async fn silent_peer_bounces_remote_server_timeout() {
         .await;
     assert_eq!(stanza_error(&e).as_deref(), Some("remote-server-timeout"));
     hold.abort();
+    a.stop().await;
+}
+
+/// Plays the receiving server of stuck.test: accepts a.test's dialback at its word, then
+/// stops reading (with a small receive buffer, so the sender's writes soon block) until
+/// `drain` turns true; from then on it reads everything and records the ids of the
+/// messages it got, until the connection ends.
+async fn stuck_peer(
+    drain: tokio::sync::watch::Receiver<bool>,
+    got: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+) -> SocketAddr {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    sock.bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let l = sock.listen(16).expect("listen");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let (mut drain, got) = (drain.clone(), got.clone());
+            tokio::spawn(async move {
+                let mut c = Client::from_tcp(tcp);
+                if !matches!(c.next().await, Got::Header(_)) {
+                    return;
+                }
+                c.send(
+                    "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+                     xmlns:stream='http://etherx.jabber.org/streams' \
+                     xmlns:db='jabber:server:dialback' from='stuck.test' id='s1' version='1.0'>\
+                     <stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>",
+                )
+                .await;
+                match c.next().await {
+                    Got::El(r) if r.name() == "result" => {}
+                    _ => return,
+                }
+                c.send("<db:result from='stuck.test' to='a.test' type='valid'/>")
+                    .await;
+                // Stop reading.
+                let _ = drain.wait_for(|d| *d).await;
+                while let Some(Got::El(e)) = c.next_within(Duration::from_secs(20)).await {
+                    if let Some(id) = e.attr("id") {
+                        got.lock().expect("lock").insert(id.to_string());
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn peer_that_stops_reading_gets_nothing_more_and_senders_hear_why() {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::{Arc, Mutex};
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let received = Arc::new(Mutex::new(HashSet::new()));
+    let addr = stuck_peer(drain_rx, received.clone()).await;
+    let a = TestServer::start_with(|c| {
+        c.domain = "a.test".into();
+        c.s2s.routes.insert("stuck.test".into(), addr.to_string());
+        c.s2s.require_encryption = false;
+        c.s2s.system_roots = false;
+        c.s2s.idle_timeout_secs = 2;
+        c.limits.write_timeout_secs = 1;
+        c.limits.session_queue = 32;
+    })
+    .await;
+    a.add_user("alice", PW);
+    let mut al = Client::login_at(a.c2s, "a.test", "alice", PW, "r").await;
+    // id -> (condition, text) of every bounce alice gets.
+    let mut bounced: HashMap<String, (Option<String>, String)> = HashMap::new();
+    let note = |e: Element, bounced: &mut HashMap<String, (Option<String>, String)>| {
+        if e.name() == "message" && e.attr("type") == Some("error") {
+            assert_eq!(e.attr("from"), Some("x@stuck.test"), "{e}");
+            let text = e
+                .child("error", starling::ns::CLIENT)
+                .and_then(|err| err.child_text("text", starling::ns::STANZAS))
+                .unwrap_or_default();
+            let id = e.attr("id").expect("bounce keeps the id").to_string();
+            bounced.insert(id, (stanza_error(&e), text));
+        }
+    };
+    // 400 messages of 32 KiB: far more than the socket buffers between the two hold.
+    let body = "x".repeat(32 * 1024);
+    let sent: Vec<String> = (0..400).map(|i| format!("m{i}")).collect();
+    for id in &sent {
+        al.send(&format!(
+            "<message to='x@stuck.test' id='{id}' type='chat'><body>{body}</body></message>"
+        ))
+        .await;
+        while let Some(Got::El(e)) = al.next_within(Duration::ZERO).await {
+            note(e, &mut bounced);
+        }
+    }
+    // The outgoing queue is bounded: once it is full, further stanzas are refused at
+    // once; and the batch the stalled peer never took is bounced when the write times
+    // out. Both reach the sender as remote-server-timeout.
+    let saw = |b: &HashMap<String, (Option<String>, String)>, what: &str| {
+        b.values().any(|(_, t)| t.contains(what))
+    };
+    while !(saw(&bounced, "too many stanzas waiting") && saw(&bounced, "failed while sending")) {
+        let e = al.el().await;
+        note(e, &mut bounced);
+    }
+    for (id, (cond, text)) in &bounced {
+        assert_eq!(
+            cond.as_deref(),
+            Some("remote-server-timeout"),
+            "{id}: {text}"
+        );
+    }
+    // The server is not held up by the stalled peer.
+    let r = al
+        .iq(
+            "<iq to='a.test' type='get' id='alive'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "alive",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"));
+    // Now the peer reads again: every message was either delivered or bounced, none
+    // silently lost.
+    drain_tx.send(true).expect("drain");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let missing: Vec<&String> = {
+            let got = received.lock().expect("lock");
+            sent.iter()
+                .filter(|id| !got.contains(*id) && !bounced.contains_key(*id))
+                .collect()
+        };
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "neither delivered nor bounced: {missing:?}"
+        );
+        if let Some(Got::El(e)) = al.next_within(Duration::from_millis(100)).await {
+            note(e, &mut bounced);
+        }
+    }
+    assert!(bounced.len() < sent.len(), "nothing was delivered at all");
     a.stop().await;
 }
 
