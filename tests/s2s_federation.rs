@@ -678,6 +678,38 @@ async fn sasl_external_with_server_auth_only_certificates() {
 }
 
 #[tokio::test]
+async fn message_from_a_remote_sender_is_kept_for_an_offline_user() {
+    let p = federation().await;
+    let mut al = alice(&p).await;
+    // bob has never logged in: b.test stores the message.
+    al.send(
+        "<message to='bob@b.test' type='chat' id='off1'><body>while you were out</body></message>",
+    )
+    .await;
+    // A ping through the same stream, answered by b.test, orders this after the message.
+    let r = al
+        .iq(
+            "<iq to='b.test' type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "p1",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let mut bo = Client::login_at(p.b.c2s, "b.test", "bob", PW, "desk").await;
+    bo.send("<presence/>").await;
+    let m = bo.wait_for(is_msg).await;
+    assert_eq!(m.attr("from"), Some("alice@a.test/phone"));
+    assert_eq!(m.attr("id"), Some("off1"));
+    assert_eq!(
+        m.child_text("body", starling::ns::CLIENT).as_deref(),
+        Some("while you were out")
+    );
+    let delay = m.child("delay", "urn:xmpp:delay").expect("XEP-0203 delay");
+    assert_eq!(delay.attr("from"), Some("b.test"));
+    p.a.stop().await;
+    p.b.stop().await;
+}
+
+#[tokio::test]
 async fn subscription_handshake_across_servers() {
     let p = federation().await;
     let mut al = alice(&p).await;
@@ -865,6 +897,22 @@ async fn remote_user_in_local_room() {
         .await;
     assert_eq!(own.attr("type"), Some("unavailable"));
     assert!(muc_codes(&own).contains(&"110".into()), "{own}");
+    // bob joins again, then drops his connection without leaving: b.test sends the room
+    // his unavailable presence (RFC 6121 §4.6.3), and alice sees him go.
+    bo.send(&format!(
+        "<presence to='{room}/Bob'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    let back = al
+        .wait_for(presence_from("lounge@conference.a.test/Bob"))
+        .await;
+    assert_eq!(back.attr("type"), None, "{back}");
+    drop(bo);
+    let gone = al
+        .wait_for(presence_from("lounge@conference.a.test/Bob"))
+        .await;
+    assert_eq!(gone.attr("type"), Some("unavailable"), "{gone}");
+    assert_eq!(muc_item(&gone).attr("role"), Some("none"));
     // The room's stream to b.test speaks for the MUC domain.
     assert!(p
         .a

@@ -264,6 +264,15 @@ async def muc_across(owner, guest, room, o_nick, g_nick):
     own = await guest.expect_presence(lambda p: p["from"].full == guest_self
                                       and p["type"] == "unavailable", TIMEOUT)
     check(110 in codes(own), f"guest's own unavailable presence lacks 110: {own}")
+    # RFC 6121 §4.6.3 across servers: the guest joins again and then disconnects without
+    # leaving; its server tells the room, and the owner sees the guest go.
+    await join(guest, room, g_nick)
+    await owner.expect_presence(lambda p: p["from"].full == guest_self
+                                and p["type"] != "unavailable", TIMEOUT)
+    await guest.close()
+    gone = await owner.expect_presence(lambda p: p["from"].full == guest_self
+                                       and p["type"] == "unavailable", TIMEOUT)
+    check(muc_item(gone).get("role") == "none", f"disconnected guest's role: {gone}")
 
 
 # ---- scenarios, registered once per mode ------------------------------------------------------
@@ -331,14 +340,14 @@ def scenarios(mode: str):
                                       TIMEOUT)
 
     @suite.scenario(f"{tag} XEP-0045 Prosody user in a room on {S_MUC}: presence, 110, "
-                    "real JID, groupchat both ways, leave", timeout=120)
+                    "real JID, groupchat both ways, leave, disconnect", timeout=120)
     async def prosody_user_in_starling_room(ctx):
         async with await pair(ctx, mode) as (alice, pat):
             room = f"s{os.urandom(3).hex()}@{S_MUC}"
             await muc_across(alice, pat, room, "alice", "pat")
 
     @suite.scenario(f"{tag} XEP-0045 Starling user in a room on {P_MUC}: presence, 110, "
-                    "real JID, groupchat both ways, leave", timeout=120)
+                    "real JID, groupchat both ways, leave, disconnect", timeout=120)
     async def starling_user_in_prosody_room(ctx):
         async with await pair(ctx, mode) as (alice, pat):
             room = f"p{os.urandom(3).hex()}@{P_MUC}"
