@@ -239,6 +239,12 @@ async def muc_across(owner, guest, room, o_nick, g_nick):
     """owner creates `room` on its own server; guest, a user of the other server, joins;
     presence with nicks, real JIDs for the owner, status codes, messages both ways, leave."""
     await create_room(owner, room, o_nick)
+    # XEP-0030 across servers: the guest's server carries the query to the room's service
+    info = await guest.plugin["xep_0030"].get_info(jid=room, timeout=TIMEOUT)
+    ids = {(i[0], i[1]) for i in info["disco_info"]["identities"]}
+    check(("conference", "text") in ids, f"room identities seen from the other server: {ids}")
+    check("http://jabber.org/protocol/muc" in info["disco_info"]["features"],
+          f"room features: {info['disco_info']['features']}")
     owner_self = f"{room}/{o_nick}"
     guest_self = f"{room}/{g_nick}"
     guest.plugin["xep_0045"].make_join_stanza(JID(room), g_nick).send()
@@ -340,14 +346,14 @@ def scenarios(mode: str):
                                       TIMEOUT)
 
     @suite.scenario(f"{tag} XEP-0045 Prosody user in a room on {S_MUC}: presence, 110, "
-                    "real JID, groupchat both ways, leave, disconnect", timeout=120)
+                    "disco, real JID, groupchat both ways, leave, disconnect", timeout=120)
     async def prosody_user_in_starling_room(ctx):
         async with await pair(ctx, mode) as (alice, pat):
             room = f"s{os.urandom(3).hex()}@{S_MUC}"
             await muc_across(alice, pat, room, "alice", "pat")
 
     @suite.scenario(f"{tag} XEP-0045 Starling user in a room on {P_MUC}: presence, 110, "
-                    "real JID, groupchat both ways, leave, disconnect", timeout=120)
+                    "disco, real JID, groupchat both ways, leave, disconnect", timeout=120)
     async def starling_user_in_prosody_room(ctx):
         async with await pair(ctx, mode) as (alice, pat):
             room = f"p{os.urandom(3).hex()}@{P_MUC}"
