@@ -434,7 +434,8 @@ async fn peer_stream(addr: SocketAddr, from: &str, to: &str) -> (Client, String,
 }
 
 /// Plays the authoritative server of a domain: answers every `<db:verify/>` with
-/// `answer` (on plain streams, so the server under test must not require TLS).
+/// `answer`, except keys starting with "bad", which are always invalid (on plain streams,
+/// so the server under test must not require TLS).
 async fn fake_authoritative(domain: &'static str, answer: &'static str) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
@@ -455,8 +456,13 @@ async fn fake_authoritative(domain: &'static str, answer: &'static str) -> Socke
                 loop {
                     match c.next().await {
                         Got::El(v) if v.name() == "verify" => {
+                            let ty = if v.text().starts_with("bad") {
+                                "invalid"
+                            } else {
+                                answer
+                            };
                             let reply = format!(
-                                "<db:verify from='{}' to='{}' id='{}' type='{answer}'/>",
+                                "<db:verify from='{}' to='{}' id='{}' type='{ty}'/>",
                                 v.attr("to").unwrap_or(""),
                                 v.attr("from").unwrap_or(""),
                                 v.attr("id").unwrap_or("")
@@ -520,6 +526,66 @@ async fn dialback_verified_peer_delivers_then_spoofing_is_invalid_from() {
     peer.send("<message from='alice@a.test/phone' to='bob@b.test'><body>trust me</body></message>")
         .await;
     assert_eq!(peer.stream_error().await.as_deref(), Some("invalid-from"));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn piggybacked_domains_are_each_verified_and_only_they_may_send() {
+    let auth = fake_authoritative("evil.test", "valid").await;
+    let b = TestServer::start_with(|c| {
+        c.domain = "b.test".into();
+        c.s2s.listen = vec!["127.0.0.1:0".into()];
+        for d in ["evil.test", "chat.evil.test"] {
+            c.s2s.routes.insert(d.into(), auth.to_string());
+        }
+        c.s2s.require_encryption = false;
+        c.s2s.system_roots = false;
+    })
+    .await;
+    b.add_user("bob", PW);
+    let mut bo = Client::login_at(b.c2s, "b.test", "bob", PW, "desk").await;
+    bo.available().await;
+    let mut peer = evil_peer(&b).await;
+    // A second originating domain on the same stream gets its own dialback round.
+    peer.send("<db:result from='chat.evil.test' to='b.test'>second-key</db:result>")
+        .await;
+    let r = peer.el().await;
+    assert_eq!(r.name(), "result");
+    assert_eq!(r.attr("type"), Some("valid"), "{r}");
+    assert_eq!(r.attr("from"), Some("b.test"));
+    assert_eq!(r.attr("to"), Some("chat.evil.test"));
+    // And a second receiving domain (the MUC service) for an authenticated one.
+    peer.send("<db:result from='evil.test' to='conference.b.test'>third-key</db:result>")
+        .await;
+    let r = peer.el().await;
+    assert_eq!(r.attr("type"), Some("valid"), "{r}");
+    assert_eq!(r.attr("from"), Some("conference.b.test"));
+    assert_eq!(r.attr("to"), Some("evil.test"));
+    for from in ["eve@chat.evil.test/x", "mallory@evil.test/y"] {
+        peer.send(&format!(
+            "<message from='{from}' to='bob@b.test' type='chat'><body>from {from}</body></message>"
+        ))
+        .await;
+        let m = bo.wait_for(is_msg).await;
+        assert_eq!(m.attr("from"), Some(from));
+        assert_eq!(
+            m.child_text("body", starling::ns::CLIENT),
+            Some(format!("from {from}"))
+        );
+    }
+    // A sibling domain nobody verified is still refused.
+    peer.send("<message from='x@other.evil.test' to='bob@b.test'><body>x</body></message>")
+        .await;
+    assert_eq!(peer.stream_error().await.as_deref(), Some("invalid-from"));
+    // The second domain's key is checked with its authoritative server, not taken on
+    // the first domain's word: a key it did not issue ends the stream.
+    let mut peer = evil_peer(&b).await;
+    peer.send("<db:result from='chat.evil.test' to='b.test'>bad-key</db:result>")
+        .await;
+    let r = peer.el().await;
+    assert_eq!(r.attr("type"), Some("invalid"), "{r}");
+    assert_eq!(r.attr("to"), Some("chat.evil.test"));
+    assert_eq!(peer.stream_error().await.as_deref(), Some("not-authorized"));
     b.stop().await;
 }
 
