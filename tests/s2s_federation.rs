@@ -104,6 +104,61 @@ async fn chat_both_ways_with_dialback() {
 }
 
 #[tokio::test]
+async fn xep_0368_direct_tls_both_ways() {
+    // Each server reaches the other on its direct TLS listener (a `tls://` route): TLS
+    // from the first byte, no STARTTLS, then dialback.
+    let (pa, pb) = (free_port(), free_port());
+    let a = TestServer::start_with(|c| {
+        c.domain = "a.test".into();
+        c.s2s.listen = vec![];
+        c.s2s.direct_tls_listen = vec![format!("127.0.0.1:{pa}")];
+        c.s2s
+            .routes
+            .insert("b.test".into(), format!("tls://127.0.0.1:{pb}"));
+        c.s2s.system_roots = false;
+    })
+    .await;
+    let b = TestServer::start_with(|c| {
+        c.domain = "b.test".into();
+        c.s2s.listen = vec![];
+        c.s2s.direct_tls_listen = vec![format!("127.0.0.1:{pb}")];
+        c.s2s
+            .routes
+            .insert("a.test".into(), format!("tls://127.0.0.1:{pa}"));
+        c.s2s.system_roots = false;
+    })
+    .await;
+    a.add_user("alice", PW);
+    b.add_user("bob", PW);
+    let p = Pair { a, b };
+    let mut al = alice(&p).await;
+    let mut bo = bob(&p).await;
+    al.send("<message to='bob@b.test' type='chat'><body>over direct TLS</body></message>")
+        .await;
+    let m = bo.wait_for(is_msg).await;
+    assert_eq!(m.attr("from"), Some("alice@a.test/phone"));
+    assert_eq!(
+        m.child_text("body", starling::ns::CLIENT).as_deref(),
+        Some("over direct TLS")
+    );
+    bo.send("<message to='alice@a.test/phone' type='chat'><body>and back</body></message>")
+        .await;
+    let m = al.wait_for(is_msg).await;
+    assert_eq!(m.attr("from"), Some("bob@b.test/desk"));
+    // The listener really is TLS from the first byte: a raw TLS client gets a stream whose
+    // features offer no STARTTLS, only dialback.
+    let mut c = Client::connect_tls(p.b.server.as_ref().expect("running").s2s_tls_addrs[0]).await;
+    let (_, f) = open_s2s(&mut c, "a.test", "b.test").await;
+    assert!(!f.has_child("starttls", starling::ns::TLS), "{f}");
+    assert!(
+        f.has_child("dialback", starling::ns::DIALBACK_FEATURE),
+        "{f}"
+    );
+    p.a.stop().await;
+    p.b.stop().await;
+}
+
+#[tokio::test]
 async fn iq_ping_across_servers() {
     let p = federation().await;
     let mut al = alice(&p).await;
