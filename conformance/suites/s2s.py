@@ -92,7 +92,7 @@ def federation(ctx, mode: str) -> Federation:
         del feds[other]
     dns = DnsServer([]).start()
     ctx.add_server(f"dns-{mode}", dns)
-    p_tls, s_tls = {}, ""
+    p_tls, s_tls, ca_file = {}, "", None
     if mode == EXTERNAL:
         ca_dir = CaDir()
         ctx.add_server(f"ca-{mode}", ca_dir)
@@ -101,6 +101,7 @@ def federation(ctx, mode: str) -> Federation:
         s_crt, s_key = ca.issue([S_DOMAIN, S_MUC])
         p_tls = dict(certificate=(p_crt, p_key), cafile=ca.ca_file, s2s_secure_auth=True)
         s_tls = f'[tls]\ncertificate = "{s_crt}"\nkey = "{s_key}"\n'
+        ca_file = str(ca.ca_file)
     prosody = ProsodyServer(
         domain=P_DOMAIN, name=f"s2s-{mode.lower()}", s2s=True, log_level="debug",
         extra_config=f'unbound = {{ resolvconf = "{dns.resolv_conf}", hoststxt = false }}',
@@ -113,7 +114,7 @@ def federation(ctx, mode: str) -> Federation:
     route = f"{LOOPBACK}:{prosody.s2s_port}"
     starling = StarlingServer(ctx.binary, domain=S_DOMAIN, name=f"s2s-{mode.lower()}", s2s=True,
                               s2s_routes={P_DOMAIN: route, P_MUC: route},
-                              s2s_ca_file=str(ca.ca_file) if mode == EXTERNAL else None,
+                              s2s_ca_file=ca_file,
                               extra_config=s_tls)
     starling.start()
     ctx.add_server(f"starling-{mode}", starling)
