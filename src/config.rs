@@ -395,9 +395,9 @@ impl Config {
             parse_addrs(list)?;
         }
         for (domain, target) in &self.s2s.routes {
-            if target.parse::<SocketAddr>().is_err() && !target.contains(':') {
+            if !crate::s2s::route_is_valid(target) {
                 return Err(ConfigError::Invalid(format!(
-                    "s2s.routes.{domain}: {target:?} is not host:port"
+                    "s2s.routes.{domain}: {target:?} is not host:port or tls://host:port"
                 )));
             }
         }

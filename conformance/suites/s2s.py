@@ -1,78 +1,140 @@
 """Federation interop: Starling <-> a private Debian Prosody over loopback (RFC 6120 §8,
-XEP-0220 dialback with XEP-0185 keys, RFC 6121 across servers, XEP-0199 to remote entities).
+XEP-0220 dialback with XEP-0185 keys, XEP-0178 SASL EXTERNAL, RFC 6121 across servers,
+XEP-0199 to remote entities, XEP-0045 rooms on either side with occupants from the other).
 
-No real DNS is consulted. Starling is `starling.example` and reaches `prosody.test` through
-`[s2s.routes]`. Prosody resolves names itself with libunbound, pointed (`unbound.resolvconf`)
-at a tiny DNS server this suite runs on a random 127.53.x.y:53 (hence root), which publishes
-`_xmpp-server._tcp.starling.example` SRV -> Starling's ephemeral s2s port and
-`starling.example` A -> 127.0.0.1. Why not a hosts file and a .test name for Starling too: a
-hosts file cannot carry SRV records (so the peer would have to be on 5269, which a system
-Prosody may hold on every address), and libunbound answers NXDOMAIN for all of .test itself
+Every scenario runs twice, on two separate federations:
+- "dialback": both servers have self-signed certificates, so Server Dialback is what
+  authenticates every stream;
+- "EXTERNAL": a CA made for the run issues certificates (serverAuth only, as public CAs do
+  today) for starling.example, conference.starling.example, prosody.test and
+  rooms.prosody.test; each server trusts that CA, Prosody has `s2s_secure_auth = true`, and
+  the last scenario asserts from both servers' logs that every stream in either direction
+  was authenticated with SASL EXTERNAL and none with dialback.
+
+No real DNS is consulted. Starling is `starling.example` (MUC: `conference.starling.example`)
+and reaches `prosody.test` and its MUC component `rooms.prosody.test` through `[s2s.routes]`.
+Prosody resolves names itself with libunbound, pointed (`unbound.resolvconf`) at a tiny DNS
+server this suite runs on a random 127.53.x.y:53 (hence root), which publishes
+`_xmpp-server._tcp` SRV records for Starling's two domains -> Starling's ephemeral s2s port,
+and A records -> 127.0.0.1. Why not a hosts file and a .test name for Starling too: a hosts
+file cannot carry SRV records (so the peer would have to be on 5269, which a system Prosody
+may hold on every address), and libunbound answers NXDOMAIN for all of .test itself
 (RFC 6761 default local zone), so Starling's domain is under .example, which it forwards.
-Both servers have self-signed certificates, so dialback is what authenticates the streams.
 """
 
 import os
 import re
 import sys
+import tempfile
+import shutil
+from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
 import dnslib  # noqa: E402
+from slixmpp import JID  # noqa: E402
 
 from xmpptest.harness import Skip, Suite, check  # noqa: E402
-from xmpptest.servers import LOOPBACK, ProsodyServer, StarlingServer  # noqa: E402
+from xmpptest.servers import LOOPBACK, ProsodyServer, StarlingServer, TestCA  # noqa: E402
 from xmpptest.slix import Client, LoginFailed, clients  # noqa: E402
 from xmpptest.dns import DnsServer  # noqa: E402
 
 import asyncio  # noqa: E402
 
 S_DOMAIN, P_DOMAIN = "starling.example", "prosody.test"
+S_MUC, P_MUC = f"conference.{S_DOMAIN}", f"rooms.{P_DOMAIN}"
+NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 TIMEOUT = 20
+DIALBACK, EXTERNAL = "dialback", "EXTERNAL"
 
-suite = Suite("s2s", "federation with a private Prosody: dialback both ways, chat, presence, "
-                     "subscriptions and IQ ping across servers")
+suite = Suite("s2s", "federation with a private Prosody, once with dialback and once with "
+                     "SASL EXTERNAL: chat, presence, subscriptions, IQ ping and MUC rooms on "
+                     "both sides across servers")
 
 
 class Federation:
-    def __init__(self, starling: StarlingServer, prosody: ProsodyServer, dns: DnsServer):
-        self.starling, self.prosody, self.dns = starling, prosody, dns
+    def __init__(self, mode, starling: StarlingServer, prosody: ProsodyServer, dns: DnsServer):
+        self.mode, self.starling, self.prosody, self.dns = mode, starling, prosody, dns
 
 
-def federation(ctx) -> Federation:
-    """Starling and Prosody federating over loopback, started on first use and shared."""
+class CaDir:
+    """The run's CA files, removed with the federation that uses them."""
+    kind = "ca"
+
+    def __init__(self):
+        self.path = Path(tempfile.mkdtemp(prefix="conf-ca-"))
+        self.users = {}
+
+    def alive(self):
+        return True
+
+    def stop(self):
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def log_tail(self, max_bytes=6000):
+        return f"CA files in {self.path}"
+
+
+def federation(ctx, mode: str) -> Federation:
+    """Starling and Prosody federating over loopback in `mode`, started on first use and
+    shared by that mode's scenarios; the other mode's pair is stopped first (one at a
+    time keeps the run light)."""
     if ctx.target != "starling":
         raise Skip("the federation suite checks Starling against Prosody")
-    fed = getattr(ctx, "_s2s_federation", None)
-    if fed is not None:
-        return fed
+    feds = ctx.__dict__.setdefault("_s2s_federations", {})
+    if mode in feds:
+        return feds[mode]
     if not DnsServer.can_bind():
         raise Skip("needs root: Prosody's resolver only talks to a DNS server on port 53")
+    for other in list(feds):
+        for key in ("starling", "prosody", "dns", "ca"):
+            ctx.drop_server(f"{key}-{other}")
+        del feds[other]
     dns = DnsServer([]).start()
-    ctx.add_server("dns", dns)
-    prosody = ProsodyServer(domain=P_DOMAIN, name="s2s", s2s=True, log_level="debug",
-                            extra_config=f'unbound = {{ resolvconf = "{dns.resolv_conf}", '
-                                         f'hoststxt = false }}')
+    ctx.add_server(f"dns-{mode}", dns)
+    p_tls, s_tls, ca_file = {}, "", None
+    if mode == EXTERNAL:
+        ca_dir = CaDir()
+        ctx.add_server(f"ca-{mode}", ca_dir)
+        ca = TestCA(ca_dir.path)
+        p_crt, p_key = ca.issue([P_DOMAIN, P_MUC])
+        s_crt, s_key = ca.issue([S_DOMAIN, S_MUC])
+        p_tls = dict(certificate=(p_crt, p_key), cafile=ca.ca_file, s2s_secure_auth=True)
+        s_tls = f'[tls]\ncertificate = "{s_crt}"\nkey = "{s_key}"\n'
+        ca_file = str(ca.ca_file)
+    prosody = ProsodyServer(
+        domain=P_DOMAIN, name=f"s2s-{mode.lower()}", s2s=True, log_level="debug",
+        extra_config=f'unbound = {{ resolvconf = "{dns.resolv_conf}", hoststxt = false }}',
+        components=f'''
+            Component "{P_MUC}" "muc"
+                restrict_room_creation = false
+            ''', **p_tls)
     prosody.start()
-    ctx.add_server("prosody", prosody)
-    starling = StarlingServer(ctx.binary, domain=S_DOMAIN, name="s2s", s2s=True,
-                              s2s_routes={P_DOMAIN: f"{LOOPBACK}:{prosody.s2s_port}"})
+    ctx.add_server(f"prosody-{mode}", prosody)
+    route = f"{LOOPBACK}:{prosody.s2s_port}"
+    starling = StarlingServer(ctx.binary, domain=S_DOMAIN, name=f"s2s-{mode.lower()}", s2s=True,
+                              s2s_routes={P_DOMAIN: route, P_MUC: route},
+                              s2s_ca_file=ca_file,
+                              extra_config=s_tls)
     starling.start()
-    ctx.add_server("starling", starling)
-    dns.set_records([
-        (f"_xmpp-server._tcp.{S_DOMAIN}", "SRV",
-         dnslib.SRV(priority=0, weight=0, port=starling.s2s_port, target=f"{S_DOMAIN}.")),
-        (S_DOMAIN, "A", dnslib.A(LOOPBACK)),
-    ])
-    ctx.note(f"starling {S_DOMAIN} s2s {starling.s2s_port}, prosody {P_DOMAIN} "
+    ctx.add_server(f"starling-{mode}", starling)
+    records = []
+    for d in (S_DOMAIN, S_MUC):
+        records += [
+            (f"_xmpp-server._tcp.{d}", "SRV",
+             dnslib.SRV(priority=0, weight=0, port=starling.s2s_port, target=f"{d}.")),
+            (d, "A", dnslib.A(LOOPBACK)),
+        ]
+    dns.set_records(records)
+    ctx.note(f"{mode}: starling {S_DOMAIN} s2s {starling.s2s_port}, prosody {P_DOMAIN} "
              f"s2s {prosody.s2s_port}, DNS {dns.ip}:53")
-    ctx._s2s_federation = fed = Federation(starling, prosody, dns)
+    feds[mode] = fed = Federation(mode, starling, prosody, dns)
     return fed
 
 
 async def login(server, jid, pw, *, roster=False) -> Client:
     """slixmpp that leaves subscription decisions to the scenario."""
-    c = Client(jid, pw)
+    c = Client(jid, pw, plugins=("xep_0004", "xep_0045"))
     c.roster.auto_authorize = None
     c.roster.auto_subscribe = False
     c.connect(server.host, server.c2s_port)
@@ -98,9 +160,9 @@ async def login(server, jid, pw, *, roster=False) -> Client:
     return c
 
 
-async def pair(ctx, *, roster=False):
+async def pair(ctx, mode, *, roster=False):
     """(alice on Starling, pat on Prosody): fresh accounts, logged in, available."""
-    fed = federation(ctx)
+    fed = federation(ctx, mode)
     a_jid, a_pw = ctx.user(fed.starling)
     p_jid, p_pw = ctx.user(fed.prosody)
     return clients(login(fed.starling, a_jid, a_pw, roster=roster),
@@ -112,92 +174,6 @@ async def chat(src, dst, text):
     m = await dst.expect_message(lambda m: m["body"] == text, TIMEOUT)
     check(m["from"].full == src.boundjid.full, f"from {m['from']}, expected {src.boundjid.full}")
     check(m["type"] == "chat", f"type {m['type']}")
-
-
-# ---- scenarios ---------------------------------------------------------------------------------
-
-@suite.scenario("RFC 6120 §8 chat Starling -> Prosody (first stanza opens the s2s stream)",
-                timeout=90)
-async def chat_s_to_p(ctx):
-    async with await pair(ctx) as (alice, pat):
-        await chat(alice, pat, "starling to prosody")
-
-
-@suite.scenario("RFC 6120 §8 chat Prosody -> Starling", timeout=90)
-async def chat_p_to_s(ctx):
-    async with await pair(ctx) as (alice, pat):
-        await chat(pat, alice, "prosody to starling")
-        await chat(alice, pat, "and back")
-
-
-@suite.scenario("XEP-0220 dialback both ways, XEP-0185 keys verified by each authoritative side",
-                timeout=90)
-async def dialback(ctx):
-    fed = federation(ctx)
-    async with await pair(ctx) as (alice, pat):  # make sure both directions carried traffic
-        await chat(alice, pat, "dialback s->p")
-        await chat(pat, alice, "dialback p->s")
-    s_log = fed.starling.log_tail(2_000_000)
-    p_log = fed.prosody.log_tail(5_000_000)
-
-    def received(state, tag, **attrs):
-        """Prosody's debug log of a dialback element it received in this session state."""
-        pat_ = re.compile(rf"Received\[{re.escape(state)}\]: <{tag} [^>]*"
-                          rf"xmlns='jabber:server:dialback'|Received\[{re.escape(state)}\]: "
-                          rf"<{tag} xmlns='jabber:server:dialback'")
-        for line in p_log.splitlines():
-            m = pat_.search(line)
-            if m and all(f"{k}='{v}'" in line for k, v in attrs.items()):
-                return line
-        return None
-
-    # Starling -> Prosody: Starling sends <db:result/> with its key; Prosody asks Starling's
-    # authoritative side (<db:verify/>), Starling answers valid (its XEP-0185 key checks out).
-    line = received("s2sin_unauthed", "result", **{"from": S_DOMAIN, "to": P_DOMAIN})
-    check(line, "Prosody never received Starling's <db:result/> (Starling -> Prosody dialback)")
-    ctx.note(line.split("\t")[-1])
-    line = received("s2sout", "verify", type="valid", **{"from": S_DOMAIN}) or \
-        received("s2sout_unauthed", "verify", type="valid", **{"from": S_DOMAIN})
-    check(line, "Starling never answered Prosody's <db:verify/> with type='valid'")
-    ctx.note(line.split("\t")[-1])
-    check(f"connection {S_DOMAIN}->{P_DOMAIN} is now authenticated for {S_DOMAIN}" in p_log,
-          "Prosody did not authenticate Starling's stream")
-    check("outgoing stream established" in s_log, "Starling logged no established outgoing "
-          "stream")
-    # Prosody -> Starling: Prosody sends <db:result/>; Starling verifies it with Prosody
-    # (<db:verify/> on a connection of its own) and answers <db:result type='valid'/>.
-    line = received("s2sin_unauthed", "verify", **{"from": S_DOMAIN, "to": P_DOMAIN}) or \
-        received("s2sin", "verify", **{"from": S_DOMAIN, "to": P_DOMAIN})
-    check(line, "Starling never asked Prosody to <db:verify/> Prosody's key")
-    ctx.note(line.split("\t")[-1])
-    line = received("s2sout_unauthed", "result", type="valid", **{"from": S_DOMAIN})
-    check(line, "Starling never accepted Prosody's dialback key (<db:result type='valid'/>)")
-    ctx.note(line.split("\t")[-1])
-    check(f"authenticated with dialback domain={P_DOMAIN}" in s_log,
-          "Starling did not log Prosody's stream as authenticated with dialback")
-    check(f"connection {P_DOMAIN}->{S_DOMAIN} is now authenticated for {S_DOMAIN}" in p_log,
-          "Prosody's outgoing stream was not authenticated")
-
-
-@suite.scenario("XEP-0199 IQ ping across servers: remote server and remote client, both ways",
-                timeout=90)
-async def ping(ctx):
-    async with await pair(ctx) as (alice, pat):
-        for src, target in ((alice, P_DOMAIN), (pat, S_DOMAIN),
-                            (alice, pat.boundjid.full), (pat, alice.boundjid.full)):
-            res = await src.plugin["xep_0199"].send_ping(target, timeout=TIMEOUT)
-            check(res["type"] == "result" and res["from"].full == target,
-                  f"{src.boundjid} ping {target}: {res}")
-
-
-@suite.scenario("RFC 6121 §4.6 directed presence both ways", timeout=90)
-async def directed_presence(ctx):
-    async with await pair(ctx) as (alice, pat):
-        for src, dst, status in ((alice, pat, "from starling"), (pat, alice, "from prosody")):
-            src.send_presence(pto=dst.boundjid.bare, pstatus=status)
-            p = await dst.expect_presence(lambda p: p["from"].full == src.boundjid.full
-                                          and p["status"] == status, TIMEOUT)
-            check(p["type"] in ("", "available"), f"presence type {p['type']}")
 
 
 def roster_sub(c, jid):
@@ -214,34 +190,297 @@ async def wait_for(pred, what, timeout=TIMEOUT):
         await asyncio.sleep(0.05)
 
 
-@suite.scenario("RFC 6121 §3 subscription handshake across servers, both ways, then presence",
-                timeout=120)
-async def subscription(ctx):
-    async with await pair(ctx, roster=True) as (alice, pat):
-        a, p = alice.boundjid.bare, pat.boundjid.bare
-        for src, dst, src_bare, dst_bare in ((alice, pat, a, p), (pat, alice, p, a)):
-            src.send_presence(pto=dst_bare, ptype="subscribe")
-            req = await dst.expect_presence(lambda s: s["type"] == "subscribe"
-                                            and s["from"].bare == src_bare, TIMEOUT)
-            check(req["to"].bare == dst_bare, f"subscribe to {req['to']}")
-            dst.send_presence(pto=src_bare, ptype="subscribed")
-            await src.expect_presence(lambda s: s["type"] == "subscribed"
-                                      and s["from"].bare == dst_bare, TIMEOUT)
-            # §3.1.5/§3.1.6: once approved, the contact's server sends its current presence
-            await src.expect_presence(lambda s: s["type"] in ("", "available")
-                                      and s["from"].bare == dst_bare, TIMEOUT)
-        await wait_for(lambda: roster_sub(alice, p) == "both",
-                       f"alice's roster item for pat to be 'both' (is {roster_sub(alice, p)})")
-        await wait_for(lambda: roster_sub(pat, a) == "both",
-                       f"pat's roster item for alice to be 'both' (is {roster_sub(pat, a)})")
-        # a presence broadcast now reaches the subscriber on the other server
-        pat.send_presence(pstatus="after subscribing")
-        await alice.expect_presence(lambda s: s["from"].bare == p
-                                    and s["status"] == "after subscribing", TIMEOUT)
-        alice.send_presence(pstatus="me too")
-        await pat.expect_presence(lambda s: s["from"].bare == a and s["status"] == "me too",
-                                  TIMEOUT)
+def codes(st):
+    x = st.xml.find(f"{{{NS_MUC_USER}}}x")
+    return {int(s.get("code")) for s in x.findall(f"{{{NS_MUC_USER}}}status")} \
+        if x is not None else set()
 
+
+def muc_item(st):
+    x = st.xml.find(f"{{{NS_MUC_USER}}}x")
+    it = x.find(f"{{{NS_MUC_USER}}}item") if x is not None else None
+    return dict(it.attrib) if it is not None else {}
+
+
+async def join(c, room, nick):
+    """XEP-0045 §7.2: sends the join presence; returns the self-presence (status 110)."""
+    c.plugin["xep_0045"].make_join_stanza(JID(room), nick).send()
+    me = f"{room}/{nick}"
+    got = await c.expect_presence(
+        lambda p: p["from"].full == me and (p["type"] == "error" or 110 in codes(p)), TIMEOUT)
+    check(got["type"] != "error", f"join {me} refused: {got}")
+    check(got["to"].full == c.boundjid.full, f"self-presence to {got['to']}")
+    return got
+
+
+async def create_room(c, room, nick):
+    """§10.1.2 creation as an instant room (the default configuration, accepted)."""
+    got = await join(c, room, nick)
+    check({110, 201} <= codes(got), f"creation self-presence lacks 110/201: {got}")
+    check(muc_item(got).get("affiliation") == "owner", f"creator is not owner: {got}")
+    form = c.plugin["xep_0004"].make_form(ftype="submit")
+    form.add_field(var="FORM_TYPE", ftype="hidden",
+                   value="http://jabber.org/protocol/muc#roomconfig")
+    await c.plugin["xep_0045"].set_room_config(JID(room), form, timeout=TIMEOUT)
+
+
+async def groupchat(src, room, nick, readers, text):
+    """src says `text` in the room; every reader (src included: the room reflects it) gets
+    it from room/nick."""
+    src.send_message(mto=room, mbody=text, mtype="groupchat")
+    for r in readers:
+        m = await r.expect_message(lambda m: m["type"] == "groupchat" and m["body"] == text,
+                                   TIMEOUT)
+        check(m["from"].full == f"{room}/{nick}", f"groupchat from {m['from']}, "
+              f"expected {room}/{nick}")
+        check(m["to"].full == r.boundjid.full, f"groupchat to {m['to']}")
+
+
+async def muc_across(owner, guest, room, o_nick, g_nick):
+    """owner creates `room` on its own server; guest, a user of the other server, joins;
+    presence with nicks, real JIDs for the owner, status codes, messages both ways, leave."""
+    await create_room(owner, room, o_nick)
+    # XEP-0030 across servers: the guest's server carries the query to the room's service
+    info = await guest.plugin["xep_0030"].get_info(jid=room, timeout=TIMEOUT)
+    ids = {(i[0], i[1]) for i in info["disco_info"]["identities"]}
+    check(("conference", "text") in ids, f"room identities seen from the other server: {ids}")
+    check("http://jabber.org/protocol/muc" in info["disco_info"]["features"],
+          f"room features: {info['disco_info']['features']}")
+    owner_self = f"{room}/{o_nick}"
+    guest_self = f"{room}/{g_nick}"
+    guest.plugin["xep_0045"].make_join_stanza(JID(room), g_nick).send()
+    # §7.2.3: the occupant already there, then the new occupant's own presence with 110
+    seen = await guest.expect_presence(lambda p: p["from"].full == owner_self, TIMEOUT)
+    check(muc_item(seen).get("affiliation") == "owner" and 110 not in codes(seen),
+          f"guest sees the owner as: {seen}")
+    own = await guest.expect_presence(lambda p: p["from"].full == guest_self, TIMEOUT)
+    check(own["type"] != "error", f"join {guest_self} refused: {own}")
+    check(110 in codes(own), f"guest's self-presence lacks 110: {own}")
+    check(muc_item(own).get("role") == "participant", f"guest role: {own}")
+    # the owner (a moderator) sees the newcomer with the real JID of the other server
+    arrived = await owner.expect_presence(lambda p: p["from"].full == guest_self, TIMEOUT)
+    check(muc_item(arrived).get("jid") == guest.boundjid.full,
+          f"owner sees the guest's JID as {muc_item(arrived).get('jid')}, "
+          f"expected {guest.boundjid.full}: {arrived}")
+    await groupchat(guest, room, g_nick, (owner, guest), f"hello from {g_nick}")
+    await groupchat(owner, room, o_nick, (guest, owner), f"welcome, {g_nick}")
+    guest.send_presence(pto=guest_self, ptype="unavailable")
+    left = await owner.expect_presence(lambda p: p["from"].full == guest_self
+                                       and p["type"] == "unavailable", TIMEOUT)
+    check(110 not in codes(left), f"owner got a self-presence for the guest: {left}")
+    own = await guest.expect_presence(lambda p: p["from"].full == guest_self
+                                      and p["type"] == "unavailable", TIMEOUT)
+    check(110 in codes(own), f"guest's own unavailable presence lacks 110: {own}")
+    # RFC 6121 §4.6.3 across servers: the guest joins again and then disconnects without
+    # leaving; its server tells the room, and the owner sees the guest go.
+    await join(guest, room, g_nick)
+    await owner.expect_presence(lambda p: p["from"].full == guest_self
+                                and p["type"] != "unavailable", TIMEOUT)
+    await guest.close()
+    gone = await owner.expect_presence(lambda p: p["from"].full == guest_self
+                                       and p["type"] == "unavailable", TIMEOUT)
+    check(muc_item(gone).get("role") == "none", f"disconnected guest's role: {gone}")
+
+
+# ---- scenarios, registered once per mode ------------------------------------------------------
+
+def scenarios(mode: str):
+    tag = f"[{mode}]"
+
+    @suite.scenario(f"{tag} RFC 6120 §8 chat Starling -> Prosody (first stanza opens the s2s "
+                    "stream)", timeout=90)
+    async def chat_s_to_p(ctx):
+        async with await pair(ctx, mode) as (alice, pat):
+            await chat(alice, pat, "starling to prosody")
+
+    @suite.scenario(f"{tag} RFC 6120 §8 chat Prosody -> Starling", timeout=90)
+    async def chat_p_to_s(ctx):
+        async with await pair(ctx, mode) as (alice, pat):
+            await chat(pat, alice, "prosody to starling")
+            await chat(alice, pat, "and back")
+
+    @suite.scenario(f"{tag} XEP-0199 IQ ping across servers: remote server and remote client, "
+                    "both ways", timeout=90)
+    async def ping(ctx):
+        async with await pair(ctx, mode) as (alice, pat):
+            for src, target in ((alice, P_DOMAIN), (pat, S_DOMAIN),
+                                (alice, pat.boundjid.full), (pat, alice.boundjid.full)):
+                res = await src.plugin["xep_0199"].send_ping(target, timeout=TIMEOUT)
+                check(res["type"] == "result" and res["from"].full == target,
+                      f"{src.boundjid} ping {target}: {res}")
+
+    @suite.scenario(f"{tag} RFC 6121 §4.6 directed presence both ways", timeout=90)
+    async def directed_presence(ctx):
+        async with await pair(ctx, mode) as (alice, pat):
+            for src, dst, status in ((alice, pat, "from starling"), (pat, alice, "from prosody")):
+                src.send_presence(pto=dst.boundjid.bare, pstatus=status)
+                p = await dst.expect_presence(lambda p: p["from"].full == src.boundjid.full
+                                              and p["status"] == status, TIMEOUT)
+                check(p["type"] in ("", "available"), f"presence type {p['type']}")
+
+    @suite.scenario(f"{tag} RFC 6121 §3 subscription handshake across servers, both ways, then "
+                    "presence", timeout=120)
+    async def subscription(ctx):
+        async with await pair(ctx, mode, roster=True) as (alice, pat):
+            a, p = alice.boundjid.bare, pat.boundjid.bare
+            for src, dst, src_bare, dst_bare in ((alice, pat, a, p), (pat, alice, p, a)):
+                src.send_presence(pto=dst_bare, ptype="subscribe")
+                req = await dst.expect_presence(lambda s: s["type"] == "subscribe"
+                                                and s["from"].bare == src_bare, TIMEOUT)
+                check(req["to"].bare == dst_bare, f"subscribe to {req['to']}")
+                dst.send_presence(pto=src_bare, ptype="subscribed")
+                await src.expect_presence(lambda s: s["type"] == "subscribed"
+                                          and s["from"].bare == dst_bare, TIMEOUT)
+                # §3.1.5/§3.1.6: once approved, the contact's server sends its current presence
+                await src.expect_presence(lambda s: s["type"] in ("", "available")
+                                          and s["from"].bare == dst_bare, TIMEOUT)
+            await wait_for(lambda: roster_sub(alice, p) == "both",
+                           f"alice's roster item for pat to be 'both' (is {roster_sub(alice, p)})")
+            await wait_for(lambda: roster_sub(pat, a) == "both",
+                           f"pat's roster item for alice to be 'both' (is {roster_sub(pat, a)})")
+            # a presence broadcast now reaches the subscriber on the other server
+            pat.send_presence(pstatus="after subscribing")
+            await alice.expect_presence(lambda s: s["from"].bare == p
+                                        and s["status"] == "after subscribing", TIMEOUT)
+            alice.send_presence(pstatus="me too")
+            await pat.expect_presence(lambda s: s["from"].bare == a and s["status"] == "me too",
+                                      TIMEOUT)
+
+    @suite.scenario(f"{tag} XEP-0045 Prosody user in a room on {S_MUC}: presence, 110, "
+                    "disco, real JID, groupchat both ways, leave, disconnect", timeout=120)
+    async def prosody_user_in_starling_room(ctx):
+        async with await pair(ctx, mode) as (alice, pat):
+            room = f"s{os.urandom(3).hex()}@{S_MUC}"
+            await muc_across(alice, pat, room, "alice", "pat")
+
+    @suite.scenario(f"{tag} XEP-0045 Starling user in a room on {P_MUC}: presence, 110, "
+                    "disco, real JID, groupchat both ways, leave, disconnect", timeout=120)
+    async def starling_user_in_prosody_room(ctx):
+        async with await pair(ctx, mode) as (alice, pat):
+            room = f"p{os.urandom(3).hex()}@{P_MUC}"
+            await muc_across(pat, alice, room, "pat", "alice")
+
+    if mode == DIALBACK:
+        @suite.scenario(f"{tag} XEP-0220 dialback both ways, MUC domains included; XEP-0185 "
+                        "keys verified by each authoritative side", timeout=90)
+        async def dialback(ctx):
+            fed = federation(ctx, mode)
+            async with await pair(ctx, mode) as (alice, pat):  # both directions carry traffic
+                await chat(alice, pat, "dialback s->p")
+                await chat(pat, alice, "dialback p->s")
+            check_dialback(ctx, fed)
+    else:
+        @suite.scenario(f"{tag} XEP-0178 SASL EXTERNAL (the run's CA) on every stream both "
+                        "ways, MUC domains included; no dialback", timeout=90)
+        async def external(ctx):
+            fed = federation(ctx, mode)
+            async with await pair(ctx, mode) as (alice, pat):
+                await chat(alice, pat, "external s->p")
+                await chat(pat, alice, "external p->s")
+            check_external(ctx, fed)
+
+
+# Stream pairs (from, to) the scenarios above make: user to user, and each side's users to
+# the other side's MUC service and back.
+S_TO_P = [(S_DOMAIN, P_DOMAIN), (S_MUC, P_DOMAIN), (S_DOMAIN, P_MUC)]
+P_TO_S = [(P_DOMAIN, S_DOMAIN), (P_DOMAIN, S_MUC), (P_MUC, S_DOMAIN)]
+
+
+def starling_out(s_log, local, remote, auth):
+    """Starling's log line for an outgoing stream (local -> remote) authenticated by `auth`."""
+    pat = re.compile(rf"s2s-out\{{local={re.escape(local)} remote={re.escape(remote)}\}}"
+                     rf".*outgoing stream established auth={re.escape(auth)}")
+    return next((ln for ln in s_log.splitlines() if pat.search(ln)), None)
+
+
+def starling_in(s_log, remote, local, auth):
+    """Starling's log line for an incoming stream from `remote` authenticated by `auth`."""
+    needle = f"authenticated with {auth} domain={remote} local={local}"
+    return next((ln for ln in s_log.splitlines() if needle in ln), None)
+
+
+def check_dialback(ctx, fed):
+    s_log = fed.starling.log_tail(5_000_000)
+    p_log = fed.prosody.log_tail(20_000_000)
+
+    def received(state, tag, **attrs):
+        """Prosody's debug log of a dialback element it received in this session state."""
+        pat_ = re.compile(rf"Received\[{re.escape(state)}\]: <{tag} [^>]*"
+                          rf"xmlns='jabber:server:dialback'|Received\[{re.escape(state)}\]: "
+                          rf"<{tag} xmlns='jabber:server:dialback'")
+        for line in p_log.splitlines():
+            m = pat_.search(line)
+            if m and all(f"{k}='{v}'" in line for k, v in attrs.items()):
+                return line
+        return None
+
+    # Starling -> Prosody: Starling sends <db:result/> with its key; Prosody asks Starling's
+    # authoritative side (<db:verify/>), Starling answers valid (its XEP-0185 key checks out).
+    for local, remote in S_TO_P:
+        line = received("s2sin_unauthed", "result", **{"from": local, "to": remote})
+        check(line, f"Prosody never received Starling's <db:result/> ({local} -> {remote})")
+        ctx.note(line.split("\t")[-1])
+        check(f"connection {local}->{remote} is now authenticated for {local}" in p_log,
+              f"Prosody did not authenticate Starling's stream {local} -> {remote}")
+        line = starling_out(s_log, local, remote, "dialback")
+        check(line, f"Starling logged no dialback-authenticated stream {local} -> {remote}")
+    line = received("s2sout", "verify", type="valid", **{"from": S_DOMAIN}) or \
+        received("s2sout_unauthed", "verify", type="valid", **{"from": S_DOMAIN})
+    check(line, "Starling never answered Prosody's <db:verify/> with type='valid'")
+    ctx.note(line.split("\t")[-1])
+    # Prosody -> Starling: Prosody sends <db:result/>; Starling verifies it with Prosody
+    # (<db:verify/> on a connection of its own) and answers <db:result type='valid'/>.
+    for remote, local in P_TO_S:
+        line = received("s2sin_unauthed", "verify", **{"from": local, "to": remote}) or \
+            received("s2sin", "verify", **{"from": local, "to": remote})
+        check(line, f"Starling never asked Prosody to <db:verify/> {remote}'s key")
+        ctx.note(line.split("\t")[-1])
+        line = received("s2sout_unauthed", "result", type="valid",
+                        **{"from": local, "to": remote})
+        check(line, f"Starling never accepted {remote}'s dialback key for {local}")
+        check(starling_in(s_log, remote, local, "dialback"),
+              f"Starling did not log {remote} -> {local} as authenticated with dialback")
+        check(f"connection {remote}->{local} is now authenticated for {local}" in p_log,
+              f"Prosody's outgoing stream {remote} -> {local} was not authenticated")
+    check("authenticated with SASL EXTERNAL" not in s_log,
+          "SASL EXTERNAL was used although no certificate can be verified in this run")
+
+
+def check_external(ctx, fed):
+    s_log = fed.starling.log_tail(5_000_000)
+    p_log = fed.prosody.log_tail(20_000_000)
+    for local, remote in S_TO_P:
+        # Starling authenticates to Prosody with its certificate
+        line = starling_out(s_log, local, remote, "SASL EXTERNAL")
+        check(line, f"Starling logged no SASL EXTERNAL outgoing stream {local} -> {remote}")
+        ctx.note(line.split(": ", 1)[-1][:160])
+        check(re.search(rf"^{re.escape(remote)}:saslauth\s+info\s+Accepting SASL EXTERNAL "
+                        rf"identity from {re.escape(local)}$", p_log, re.M),
+              f"Prosody did not accept SASL EXTERNAL from {local} on {remote}")
+        check(f"connection {local}->{remote} is now authenticated for {local}" in p_log,
+              f"Prosody did not authenticate Starling's stream {local} -> {remote}")
+    for remote, local in P_TO_S:
+        # Prosody authenticates to Starling with its certificate
+        line = starling_in(s_log, remote, local, "SASL EXTERNAL")
+        check(line, f"Starling did not log {remote} -> {local} as authenticated with SASL "
+                    "EXTERNAL")
+        ctx.note(line.split(": ", 1)[-1][:160])
+        check(re.search(rf"^{re.escape(remote)}:saslauth\s+debug\s+SASL EXTERNAL with "
+                        rf"{re.escape(local)} succeeded$", p_log, re.M),
+              f"Prosody did not log SASL EXTERNAL success for its stream {remote} -> {local}")
+        check(f"connection {remote}->{local} is now authenticated for {local}" in p_log,
+              f"Prosody's outgoing stream {remote} -> {local} was not authenticated")
+    check("auth=dialback" not in s_log and "authenticated with dialback" not in s_log,
+          "Starling authenticated a stream with dialback in the EXTERNAL run")
+    check(not re.search(r"Received\[[a-z_]+\]: <(db:)?(result|verify)\b", p_log),
+          "Prosody received a dialback element in the EXTERNAL run")
+    check("SASL EXTERNAL refused" not in s_log
+          and not re.search(r"SASL EXTERNAL with \S+ failed", p_log),
+          "a SASL EXTERNAL attempt failed")
+
+
+scenarios(DIALBACK)
+scenarios(EXTERNAL)
 
 if __name__ == "__main__":
     suite.main()

@@ -321,7 +321,7 @@ fn sasl_external(
         conn.queue(&sasl_failure("invalid-authzid"));
         return Ok(false);
     }
-    tracing::info!(domain = %authzid, "authenticated with SASL EXTERNAL");
+    tracing::info!(domain = %authzid, local = %st.local, "authenticated with SASL EXTERNAL");
     conn.queue(&Element::new("success", ns::SASL));
     st.authenticated.insert(authzid);
     st.sasl_done = true;
@@ -406,7 +406,7 @@ fn verified(conn: &mut Conn, st: &mut Stream, v: Verified) -> Result<(), S2sErro
     st.pending.remove(&(v.from.clone(), v.to.clone()));
     match v.result {
         Ok(true) => {
-            tracing::info!(domain = %v.from, "authenticated with dialback");
+            tracing::info!(domain = %v.from, local = %v.to, "authenticated with dialback");
             conn.queue(&valid_result(&v.to, &v.from));
             st.authenticated.insert(v.from);
             Ok(())

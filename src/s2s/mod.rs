@@ -17,6 +17,11 @@ mod resolve;
 
 pub use conn::{to_client_ns, to_server_ns};
 
+/// Whether a `[s2s.routes]` value can be used ("host:port" or "tls://host:port").
+pub fn route_is_valid(route: &str) -> bool {
+    resolve::parse_route(route).is_some()
+}
+
 use crate::module::Registry;
 use crate::router;
 use crate::stanza::StanzaError;

@@ -96,8 +96,8 @@ pub(super) async fn run(
                     router::bounce(&state, &s, err.clone());
                 }
             }
-            Ok(conn) => {
-                tracing::info!("outgoing stream established");
+            Ok((conn, auth)) => {
+                tracing::info!(auth = %auth, "outgoing stream established");
                 state.s2s.note_success(&pair);
                 let end = established(&state, conn, &mut rx, &mut shutdown).await;
                 let (left, err) = match end {
@@ -124,13 +124,32 @@ pub(super) async fn run(
     .await
 }
 
-async fn connect_and_authenticate(state: &ServerState, pair: &Pair) -> Result<Conn, Failure> {
+/// How an outgoing stream was authenticated (logged, so operators and tests can tell).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    SaslExternal,
+    Dialback,
+}
+
+impl std::fmt::Display for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Auth::SaslExternal => "SASL EXTERNAL",
+            Auth::Dialback => "dialback",
+        })
+    }
+}
+
+async fn connect_and_authenticate(
+    state: &ServerState,
+    pair: &Pair,
+) -> Result<(Conn, Auth), Failure> {
     let (local, remote) = (pair.0.as_str(), pair.1.as_str());
     let mut opened = open_stream(state, local, remote).await?;
     if offers_external(&opened.features) {
         match sasl_external(state, &mut opened, local, remote).await? {
-            true => return Ok(opened.conn),
-            false => tracing::debug!("SASL EXTERNAL refused; trying dialback"),
+            true => return Ok((opened.conn, Auth::SaslExternal)),
+            false => tracing::info!("SASL EXTERNAL refused; trying dialback"),
         }
     }
     let dialback =
@@ -161,7 +180,7 @@ async fn connect_and_authenticate(state: &ServerState, pair: &Pair) -> Result<Co
             continue;
         }
         return match el.attr("type") {
-            Some("valid") => Ok(opened.conn),
+            Some("valid") => Ok((opened.conn, Auth::Dialback)),
             Some("invalid") => Err(Failure::NotFound(
                 "the peer refused our dialback key".into(),
             )),

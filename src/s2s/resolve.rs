@@ -1,4 +1,5 @@
-//! Where a remote domain's server listens: `[s2s.routes]` first, then DNS SRV
+//! Where a remote domain's server listens: `[s2s.routes]` first (STARTTLS, or direct TLS
+//! with a `tls://` prefix), then DNS SRV
 //! (`_xmpps-server._tcp` for XEP-0368 direct TLS, `_xmpp-server._tcp` for STARTTLS),
 //! then the domain's own address on port 5269 (RFC 6120 §3.2).
 
@@ -17,13 +18,9 @@ pub struct Target {
 /// Candidate targets, most preferred first; an error says why there are none.
 pub async fn targets(server: &ServerState, domain: &str) -> Result<Vec<Target>, String> {
     if let Some(route) = server.config.s2s.routes.get(domain) {
-        let (host, port) = split_host_port(route)
-            .ok_or_else(|| format!("s2s.routes.{domain} is not host:port"))?;
-        return Ok(vec![Target {
-            host,
-            port,
-            direct_tls: false,
-        }]);
+        return parse_route(route)
+            .map(|t| vec![t])
+            .ok_or_else(|| format!("s2s.routes.{domain} is not host:port or tls://host:port"));
     }
     let Some(resolver) = resolver(server).await else {
         return Err("no DNS resolver configured".into());
@@ -87,7 +84,7 @@ pub async fn addresses(server: &ServerState, target: &Target) -> Vec<SocketAddr>
         .s2s
         .routes
         .values()
-        .any(|r| split_host_port(r).is_some_and(|(h, _)| h == target.host));
+        .any(|r| parse_route(r).is_some_and(|t| t.host == target.host));
     if routed {
         // A name in a static route is resolved the way the operator's tools resolve it
         // (the system resolver, /etc/hosts included).
@@ -125,6 +122,21 @@ async fn resolver(server: &ServerState) -> Option<&hickory_resolver::TokioResolv
         .as_ref()
 }
 
+/// A `[s2s.routes]` value: "host:port" (STARTTLS there) or "tls://host:port" (XEP-0368
+/// direct TLS there).
+pub fn parse_route(s: &str) -> Option<Target> {
+    let (rest, direct_tls) = match s.strip_prefix("tls://") {
+        Some(rest) => (rest, true),
+        None => (s, false),
+    };
+    let (host, port) = split_host_port(rest)?;
+    Some(Target {
+        host,
+        port,
+        direct_tls,
+    })
+}
+
 /// "host:port", "1.2.3.4:port" or "[v6]:port".
 pub fn split_host_port(s: &str) -> Option<(String, u16)> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
@@ -156,5 +168,27 @@ mod tests {
         );
         assert_eq!(split_host_port("nowhere"), None);
         assert_eq!(split_host_port(":5269"), None);
+    }
+
+    #[test]
+    fn routes_name_starttls_or_direct_tls() {
+        assert_eq!(
+            parse_route("127.0.0.3:5269"),
+            Some(Target {
+                host: "127.0.0.3".into(),
+                port: 5269,
+                direct_tls: false
+            })
+        );
+        assert_eq!(
+            parse_route("tls://xmpp.example:5270"),
+            Some(Target {
+                host: "xmpp.example".into(),
+                port: 5270,
+                direct_tls: true
+            })
+        );
+        assert_eq!(parse_route("tls://nowhere"), None);
+        assert_eq!(parse_route("nowhere"), None);
     }
 }

@@ -99,6 +99,12 @@ class Context:
             server.users = {}
         self._servers[key] = server
 
+    def drop_server(self, key: str) -> None:
+        """Stop an adopted server now and forget it (a suite done with one set-up)."""
+        s = self._servers.pop(key, None)
+        if s is not None:
+            s.stop()
+
     def has_server(self, key: str) -> bool:
         return key in self._servers
 

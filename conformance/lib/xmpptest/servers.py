@@ -332,6 +332,74 @@ def make_self_signed(dir: Path, domain: str) -> tuple[Path, Path]:
     return crt, keyf
 
 
+class TestCA:
+    """A certificate authority made for one run: it issues certificates (EC P-256, the
+    serverAuth extended key usage only, as public CAs issue them today) for the names a
+    test needs, so that servers can authenticate each other with SASL EXTERNAL."""
+
+    def __init__(self, dir: Path, name: str = "Conformance test CA"):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+        import datetime
+
+        self.dir = Path(dir)
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self._name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self._cert = (
+            x509.CertificateBuilder().subject_name(self._name).issuer_name(self._name)
+            .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False,
+                                         decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self._key.public_key()),
+                           critical=False)
+            .sign(self._key, hashes.SHA256()))
+        self.ca_file = self.dir / "ca.pem"
+        self.ca_file.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, names: list[str]) -> tuple[Path, Path]:
+        """A certificate for `names` (the first is the subject), as (cert file, key file)."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+        import datetime
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(self._name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                self._key.public_key()), critical=False)
+            .sign(self._key, hashes.SHA256()))
+        crt = self.dir / f"{names[0]}.crt"
+        keyf = self.dir / f"{names[0]}.key"
+        crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        keyf.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+        os.chmod(keyf, 0o600)
+        return crt, keyf
+
+
 class ProsodyServer(Server):
     """Debian's Prosody 0.12, run as the current user from a private config and data dir."""
 
@@ -339,13 +407,22 @@ class ProsodyServer(Server):
     scram = "SCRAM-SHA-1"  # Prosody 0.12 has no SCRAM-SHA-256
 
     def __init__(self, *, s2s: bool = False, extra_config: str = "", log_level: str = "info",
-                 **kw):
+                 certificate: tuple[Path, Path] | None = None, cafile: Path | None = None,
+                 s2s_secure_auth: bool = False, components: str = "", **kw):
         """`s2s=True` enables s2s (with XEP-0220 dialback) on `s2s_port`; `extra_config` is
-        Lua for the global section; `log_level="debug"` logs every stanza."""
+        Lua for the global section; `log_level="debug"` logs every stanza.
+        `certificate` (cert, key) replaces the self-signed certificate, `cafile` is the
+        trust store for peers' certificates, `s2s_secure_auth` makes Prosody require a
+        valid certificate from every peer server (so SASL EXTERNAL, never dialback);
+        `components` is Lua appended after the VirtualHost (Component sections)."""
         super().__init__(**kw)
         self.s2s = s2s
         self.extra_config = extra_config
         self.log_level = log_level
+        self.certificate = certificate
+        self.cafile = cafile
+        self.s2s_secure_auth = s2s_secure_auth
+        self.components = components
         self.config_path: Path | None = None
 
     def _ready_ports(self) -> list[int]:
@@ -354,7 +431,11 @@ class ProsodyServer(Server):
     def _write_config(self) -> list[str]:
         data = self.dir / "data"
         data.mkdir()
-        crt, key = make_self_signed(self.dir, self.domain)
+        crt, key = self.certificate or make_self_signed(self.dir, self.domain)
+        ssl = f'certificate = "{crt}", key = "{key}"'
+        if self.cafile is not None:
+            ssl += f', cafile = "{self.cafile}"'
+
         modules = ["roster", "saslauth", "tls", "disco", "ping", "version", "time", "uptime",
                    "register", "presence", "message", "iq"]
         if self.s2s:
@@ -381,17 +462,17 @@ class ProsodyServer(Server):
             storage = "internal"
             c2s_require_encryption = true
             s2s_require_encryption = true
-            s2s_secure_auth = false
+            s2s_secure_auth = {str(self.s2s_secure_auth).lower()}
             allow_registration = {str(self.allow_registration).lower()}
             min_seconds_between_registrations = 0
             log = {{ {{ levels = {{ min = "{self.log_level}" }}, to = "console" }} }}
             certificates = "{self.dir}"
-            ssl = {{ certificate = "{crt}", key = "{key}" }}
+            ssl = {{ {ssl} }}
             {self.extra_config}
 
             VirtualHost "{self.domain}"
-                ssl = {{ certificate = "{crt}", key = "{key}" }}
-            """))
+                ssl = {{ {ssl} }}
+            """) + (textwrap.dedent(self.components) if self.components else ""))
         return ["prosody", "-F", "--config", str(self.config_path)]
 
     def _prosodyctl(self, *args: str, what: str) -> None:
