@@ -33,7 +33,7 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use starling::xml::reader::{Limits, StreamEvent, StreamReader};
 use starling::xml::Element;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
@@ -51,6 +51,7 @@ const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 const NS_CLIENT: &str = "jabber:client";
 const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+const NS_DELAY: &str = "urn:xmpp:delay";
 
 type R<T> = Result<T, String>;
 
@@ -344,6 +345,10 @@ struct Stats {
     received: AtomicU64,
     duplicated: AtomicU64,
     reordered: AtomicU64,
+    /// Messages written by an earlier run of the tool (another run id), typically kept in
+    /// the server's offline storage and handed over at login: correct server behaviour,
+    /// so neither received nor an error, but reported.
+    stale: AtomicU64,
     stanza_errors: AtomicU64,
     /// Sends the scheduler could not hand to a connection (its queue was full): the tool
     /// or the connection could not keep up with the requested rate.
@@ -351,6 +356,29 @@ struct Stats {
     latency: Histogram,
     /// Sessions that ended while they should have been held.
     dropped: AtomicU64,
+    /// What the run is doing (login, warm-up, a rate step), to date anomalies.
+    phase: Mutex<String>,
+    /// The first few messages that were lost, duplicated, reordered or stale, by name.
+    anomalies: Mutex<Vec<Anomaly>>,
+}
+
+/// Anomalies of each kind kept by name (so that, say, stale messages at login cannot
+/// crowd out a later loss); the counters go on counting past this.
+const ANOMALIES_PER_KIND: usize = 25;
+
+/// One message that did not arrive exactly once and in order, named well enough to be
+/// looked for in the server's logs.
+#[derive(Clone, Debug)]
+struct Anomaly {
+    /// missing, duplicated, reordered or stale.
+    kind: &'static str,
+    /// Account indexes of the sender and of the receiver.
+    from: u64,
+    to: u64,
+    seq: u64,
+    /// The phase (warm-up, rate step) it was seen in.
+    phase: String,
+    detail: String,
 }
 
 impl Stats {
@@ -365,11 +393,33 @@ impl Stats {
             received: AtomicU64::new(0),
             duplicated: AtomicU64::new(0),
             reordered: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
             stanza_errors: AtomicU64::new(0),
             backlog: AtomicU64::new(0),
             latency: Histogram::new(),
             dropped: AtomicU64::new(0),
+            phase: Mutex::new("login".into()),
+            anomalies: Mutex::new(Vec::new()),
         })
+    }
+
+    fn set_phase(&self, phase: String) {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase;
+    }
+
+    fn anomaly(&self, kind: &'static str, from: u64, to: u64, seq: u64, detail: String) {
+        let phase = self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut list = self.anomalies.lock().unwrap_or_else(|p| p.into_inner());
+        if list.iter().filter(|a| a.kind == kind).count() < ANOMALIES_PER_KIND {
+            list.push(Anomaly {
+                kind,
+                from,
+                to,
+                seq,
+                phase,
+                detail,
+            });
+        }
     }
 
     fn now_us(&self) -> u64 {
@@ -610,6 +660,9 @@ fn scram_attr(msg: &str, key: char) -> Option<&str> {
 
 struct Shared {
     c: Common,
+    /// Written into every body: a message carrying another run's id was left behind by an
+    /// earlier run (in offline storage, say) and says nothing about this one.
+    run: u64,
     tls: Option<tokio_rustls::TlsConnector>,
     scram: ScramCache,
     stats: Arc<Stats>,
@@ -960,46 +1013,157 @@ enum Role {
 
 struct Session {
     cmd: mpsc::Sender<u32>,
+    peer: Arc<Peer>,
 }
 
-/// Per-session receive bookkeeping: which sequence numbers arrived from each sender.
+/// One session's traffic, shared between its task (which sends and receives) and the
+/// step accounting (which names what went missing).
+struct Peer {
+    /// The account index, which is also the sender id in this session's bodies.
+    idx: u64,
+    /// Sequence numbers written to the server so far (the next one to use).
+    sent: AtomicU64,
+    /// What arrived, per sender id.
+    recv: Mutex<HashMap<u64, SeqTrack>>,
+}
+
+impl Peer {
+    fn new(idx: usize) -> Arc<Peer> {
+        Arc::new(Peer {
+            idx: idx as u64,
+            sent: AtomicU64::new(0),
+            recv: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sequence numbers below `sent` that `self` never received from `sender`.
+    fn missing_from(&self, sender: &Peer) -> Vec<u64> {
+        let sent = sender.sent.load(Relaxed);
+        let recv = self.recv.lock().unwrap_or_else(|p| p.into_inner());
+        match recv.get(&sender.idx) {
+            Some(t) => t.missing_below(sent),
+            None => (0..sent).collect(),
+        }
+    }
+}
+
+/// Receive bookkeeping for one sender: which sequence numbers arrived.
 #[derive(Default)]
 struct SeqTrack {
     seen: Vec<u64>,
     max: Option<u64>,
 }
 
+/// How one received sequence number compares with those before it.
+#[derive(Debug, PartialEq)]
+enum Receipt {
+    InOrder,
+    /// New, but a higher number arrived earlier.
+    Reordered {
+        after: u64,
+    },
+    Duplicate,
+}
+
 impl SeqTrack {
-    /// Returns false for a duplicate.
-    fn record(&mut self, seq: u64, stats: &Stats) -> bool {
+    fn has(&self, seq: u64) -> bool {
+        let (w, b) = ((seq / 64) as usize, seq % 64);
+        self.seen.get(w).is_some_and(|word| word & (1 << b) != 0)
+    }
+
+    /// The numbers below `n` that never arrived (whole words at a time: nearly all are full).
+    fn missing_below(&self, n: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        for w in 0..n.div_ceil(64) {
+            let word = self.seen.get(w as usize).copied().unwrap_or(0);
+            if word == u64::MAX {
+                continue;
+            }
+            out.extend((w * 64..(w * 64 + 64).min(n)).filter(|&s| !self.has(s)));
+        }
+        out
+    }
+
+    fn record(&mut self, seq: u64) -> Receipt {
+        if self.has(seq) {
+            return Receipt::Duplicate;
+        }
         let (w, b) = ((seq / 64) as usize, seq % 64);
         if w >= self.seen.len() {
             self.seen.resize(w + 1, 0);
         }
-        if self.seen[w] & (1 << b) != 0 {
-            stats.duplicated.fetch_add(1, Relaxed);
-            return false;
-        }
         self.seen[w] |= 1 << b;
         match self.max {
-            Some(m) if seq < m => {
-                stats.reordered.fetch_add(1, Relaxed);
+            Some(m) if seq < m => Receipt::Reordered { after: m },
+            _ => {
+                self.max = Some(seq);
+                Receipt::InOrder
             }
-            _ => self.max = Some(seq),
         }
-        true
     }
 }
 
-/// Parses "<seq> <sent-at-µs>" (1:1) or "<sender> <seq> <sent-at-µs>" (MUC) bodies.
-fn parse_body(text: &str) -> Option<(u64, u64, u64)> {
-    let mut it = text.split(' ');
-    let a: u64 = it.next()?.parse().ok()?;
-    let b: u64 = it.next()?.parse().ok()?;
-    match it.next() {
-        Some(c) => Some((a, b, c.parse().ok()?)),
-        None => Some((0, a, b)),
+/// What the tool writes into a body: "<run> <sender> <seq> <sent-at-µs>".
+#[derive(Debug, PartialEq)]
+struct Body {
+    run: u64,
+    sender: u64,
+    seq: u64,
+    sent_at: u64,
+}
+
+fn parse_body(text: &str) -> Option<Body> {
+    let mut it = text.split(' ').map(|f| f.parse::<u64>().ok());
+    let body = Body {
+        run: it.next()??,
+        sender: it.next()??,
+        seq: it.next()??,
+        sent_at: it.next()??,
+    };
+    it.next().is_none().then_some(body)
+}
+
+/// Counts one received message: latency, and whether it came exactly once and in order.
+fn receipt(stats: &Stats, peer: &Peer, run: u64, b: &Body, el: &Element) {
+    // Stored offline (XEP-0203 <delay/>) or not: that tells the story of a stray message.
+    let how = if el.child("delay", NS_DELAY).is_some() {
+        "delayed (offline storage)"
+    } else {
+        "live"
+    };
+    if b.run != run {
+        stats.stale.fetch_add(1, Relaxed);
+        let detail = format!("from run {}, {how}", b.run);
+        stats.anomaly("stale", b.sender, peer.idx, b.seq, detail);
+        return;
     }
+    let now = stats.now_us();
+    let r = peer
+        .recv
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(b.sender)
+        .or_default()
+        .record(b.seq);
+    match r {
+        Receipt::InOrder => {}
+        Receipt::Reordered { after } => {
+            stats.reordered.fetch_add(1, Relaxed);
+            let detail = format!("after seq {after}, {how}");
+            stats.anomaly("reordered", b.sender, peer.idx, b.seq, detail);
+        }
+        Receipt::Duplicate => {
+            stats.duplicated.fetch_add(1, Relaxed);
+            let detail = format!(
+                "{how}, {} ms after sending",
+                ms(now.saturating_sub(b.sent_at))
+            );
+            stats.anomaly("duplicated", b.sender, peer.idx, b.seq, detail);
+            return;
+        }
+    }
+    stats.received.fetch_add(1, Relaxed);
+    stats.latency.record(now.saturating_sub(b.sent_at));
 }
 
 /// Runs one logged-in session: answers the server, sends on command, records receipts.
@@ -1010,12 +1174,12 @@ async fn run_session(
     role: Role,
     mut cmd: mpsc::Receiver<u32>,
     ready: Arc<AtomicUsize>,
+    peer: Arc<Peer>,
 ) {
     let stats = sh.stats.clone();
     let mut stop = sh.stop.clone();
     let mut seq: u64 = 0;
-    // Incoming sequence tracking, one per sender (one partner in 1:1, every occupant in MUC).
-    let mut tracks: HashMap<u64, SeqTrack> = HashMap::new();
+    let (run, me) = (sh.run, peer.idx);
     let mut joined = false;
     let mut join_attempts = 0u32;
     let mut present = 0usize;
@@ -1023,12 +1187,11 @@ async fn run_session(
     match &role {
         Role::Hold => {}
         Role::Chat { partner } => {
-            header = format!("<message to='{partner}' type='chat'><body>");
+            header = format!("<message to='{partner}' type='chat'><body>{run} {me} ");
             ready.fetch_add(1, Relaxed);
         }
         Role::Muc { room, nick, .. } => {
-            let sender_id: u64 = nick.trim_start_matches('u').parse().unwrap_or(0);
-            header = format!("<message to='{room}' type='groupchat'><body>{sender_id} ");
+            header = format!("<message to='{room}' type='groupchat'><body>{run} {me} ");
             cl.queue(&join_presence(room, nick));
         }
     }
@@ -1051,6 +1214,7 @@ async fn run_session(
                         seq += 1;
                     }
                     cl.flush().await?;
+                    peer.sent.store(seq, Relaxed);
                     stats.sent.fetch_add(n as u64, Relaxed);
                 }
                 r = cl.read_some() => {
@@ -1071,12 +1235,8 @@ async fn run_session(
                                     continue;
                                 }
                                 let Some(body) = el.child_text("body", NS_CLIENT) else { continue };
-                                let Some((from, s, t)) = parse_body(&body) else { continue };
-                                let now = stats.now_us();
-                                if tracks.entry(from).or_default().record(s, &stats) {
-                                    stats.received.fetch_add(1, Relaxed);
-                                    stats.latency.record(now.saturating_sub(t));
-                                }
+                                let Some(b) = parse_body(&body) else { continue };
+                                receipt(&stats, &peer, run, &b, &el);
                             }
                             "presence" => {
                                 if let Role::Muc { occupants, room, nick } = &role {
@@ -1185,6 +1345,7 @@ async fn login_all(
         let sh = sh.clone();
         let idx = c.first + i;
         let role = role_of(i);
+        let peer = Peer::new(idx);
         let ready = ready.clone();
         handles.push(tokio::spawn(async move {
             let started = Instant::now();
@@ -1199,8 +1360,16 @@ async fn login_all(
                     sh.stats.logins.fetch_add(1, Relaxed);
                     sh.stats.online.fetch_add(1, Relaxed);
                     let (tx, rx) = mpsc::channel(64);
-                    tokio::spawn(run_session(sh.clone(), cl, jid, role, rx, ready));
-                    Some(Session { cmd: tx })
+                    tokio::spawn(run_session(
+                        sh.clone(),
+                        cl,
+                        jid,
+                        role,
+                        rx,
+                        ready,
+                        peer.clone(),
+                    ));
+                    Some(Session { cmd: tx, peer })
                 }
                 Ok(Err(e)) => {
                     sh.stats.error(&classify_error(&e));
@@ -1257,6 +1426,7 @@ async fn register(c: Common) -> R<Value> {
         scram: ScramCache::default(),
         stats: stats.clone(),
         stop,
+        run: 0,
         c: c.clone(),
     });
     let probe = Probe {
@@ -1363,6 +1533,10 @@ fn shared(c: &Common) -> (Arc<Shared>, watch::Sender<bool>) {
         scram: ScramCache::load(c.scram_cache.as_deref()),
         stats: Stats::new(),
         stop,
+        run: {
+            use rand::Rng;
+            rand::thread_rng().gen_range(1..u64::from(u32::MAX))
+        },
         c: c.clone(),
     });
     (sh, stop_tx)
@@ -1539,12 +1713,41 @@ struct StepSpec {
     measure: bool,
 }
 
-async fn step(
-    sh: &Arc<Shared>,
-    senders: &[mpsc::Sender<u32>],
-    spec: StepSpec,
-    probe: &Probe,
-) -> Value {
+/// The sessions of a rate run and who must hear from whom.
+struct Traffic {
+    senders: Vec<mpsc::Sender<u32>>,
+    peers: Vec<Arc<Peer>>,
+    /// For each peer (by position in `peers`), the positions of the peers whose messages
+    /// it must receive: its partner in 1:1, every occupant of its room (itself too) in MUC.
+    hears: Vec<Vec<usize>>,
+    /// Missing messages already named, so that a later step does not name them again.
+    named: HashSet<(u64, u64, u64)>,
+}
+
+impl Traffic {
+    /// Names the messages written so far that have not arrived (as anomalies, the first
+    /// few); returns how many there are.
+    fn name_missing(&mut self, stats: &Stats) -> u64 {
+        let mut total = 0;
+        for (r, hears) in self.hears.iter().enumerate() {
+            let to = &self.peers[r];
+            for &s in hears {
+                let from = &self.peers[s];
+                for seq in to.missing_from(from) {
+                    total += 1;
+                    let key = (from.idx, to.idx, seq);
+                    if self.named.len() < ANOMALIES_PER_KIND && self.named.insert(key) {
+                        let detail = "not received by the end of the step's drain".to_string();
+                        stats.anomaly("missing", from.idx, to.idx, seq, detail);
+                    }
+                }
+            }
+        }
+        total
+    }
+}
+
+async fn step(sh: &Arc<Shared>, traffic: &mut Traffic, spec: StepSpec, probe: &Probe) -> Value {
     let StepSpec {
         rate,
         secs,
@@ -1554,6 +1757,18 @@ async fn step(
         measure,
     } = spec;
     let stats = &sh.stats;
+    stats.set_phase(if measure {
+        format!("rate {rate:.0}/s")
+    } else {
+        "warm-up".into()
+    });
+    let anomalies0 = stats
+        .anomalies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .len();
+    let stale0 = stats.stale.load(Relaxed);
+    let senders = &traffic.senders;
     // Start from a quiet system: what is still in flight from before is not this step's.
     stats.latency.reset();
     let (sent0, recv0) = (stats.sent.load(Relaxed), stats.received.load(Relaxed));
@@ -1586,8 +1801,17 @@ async fn step(
     let recv_window = stats.received.load(Relaxed) - recv0;
     let srv1 = probe.server();
     let me1 = probe.me();
-    // Wait for the rest to arrive (or give up and count it lost).
     let until = Instant::now() + Duration::from_secs_f64(drain);
+    // A command handed to a session may still wait for that session's task. Every one
+    // must be written before the books close: otherwise its message is counted in the
+    // next step, or, after the last step, written after the stop signal to a partner
+    // that is already closing, which the server rightly keeps in offline storage and
+    // hands to the next run that logs the same account in.
+    let dispatched = scheduled - (stats.backlog.load(Relaxed) - back0);
+    while stats.sent.load(Relaxed) - sent0 < dispatched && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Wait for the rest to arrive (or give up and count it lost).
     while Instant::now() < until {
         let sent = stats.sent.load(Relaxed) - sent0;
         let recv = stats.received.load(Relaxed) - recv0;
@@ -1605,6 +1829,17 @@ async fn step(
     let reo = stats.reordered.load(Relaxed) - reo0;
     let errs = stats.stanza_errors.load(Relaxed) - err0;
     let back = stats.backlog.load(Relaxed) - back0;
+    let stale = stats.stale.load(Relaxed) - stale0;
+    let missing = traffic.name_missing(stats);
+    let anomalies: Vec<Value> = stats
+        .anomalies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .skip(anomalies0)
+        .take(10)
+        .map(|a| anomaly_json(&sh.c, a))
+        .collect();
     let server_cpu = match (srv0, srv1) {
         (Some(a), Some(b)) => Some(b.cpu_secs - a.cpu_secs),
         _ => None,
@@ -1616,6 +1851,7 @@ async fn step(
         "delivered": recv, "delivered_per_s": delivered_per_s,
         "latency_us": {"n": n, "p50": p50, "p90": p90, "p99": p99, "max": max},
         "lost": lost, "duplicated": dup, "reordered": reo, "stanza_errors": errs,
+        "stale": stale, "missing_so_far": missing, "anomalies": anomalies,
         "tool_backlog": back,
         "server_cpu_secs": server_cpu,
         "server_cpu_us_per_delivery": server_cpu.map(|c| c * 1e6 / recv_window.max(1) as f64),
@@ -1627,7 +1863,7 @@ async fn step(
     });
     if measure {
         eprintln!(
-            "  rate {rate:8.0}/s: delivered {delivered_per_s:8.0}/s p50 {} p99 {} max {} lost {lost} dup {dup} reord {reo} err {errs} backlog {back} server CPU {} tool CPU {:.0}%",
+            "  rate {rate:8.0}/s: delivered {delivered_per_s:8.0}/s p50 {} p99 {} max {} lost {lost} dup {dup} reord {reo} err {errs} stale {stale} backlog {back} server CPU {} tool CPU {:.0}%",
             ms(p50), ms(p99), ms(max),
             server_cpu.map(|c| format!("{:.0}%", c * 100.0 / send_secs)).unwrap_or("-".into()),
             tool_cpu * 100.0 / send_secs,
@@ -1639,7 +1875,7 @@ async fn step(
 /// Fixed-rate run or search for the highest passing rate.
 async fn rate_run(
     sh: &Arc<Shared>,
-    senders: Vec<mpsc::Sender<u32>>,
+    traffic: &mut Traffic,
     r: &RateOpts,
     fanout: u64,
     probe: &Probe,
@@ -1650,7 +1886,7 @@ async fn rate_run(
         let w = (r.rate / 4.0).max(1.0);
         step(
             sh,
-            &senders,
+            traffic,
             StepSpec {
                 rate: w,
                 secs: r.warmup,
@@ -1667,7 +1903,7 @@ async fn rate_run(
     if !r.find_max {
         let v = step(
             sh,
-            &senders,
+            traffic,
             StepSpec {
                 rate: r.rate,
                 secs: r.secs,
@@ -1695,7 +1931,7 @@ async fn rate_run(
         }
         let v = step(
             sh,
-            &senders,
+            traffic,
             StepSpec {
                 rate,
                 secs: r.secs,
@@ -1792,6 +2028,52 @@ fn rate_summary(title: &str, c: &Common, what: &str, steps: &[Value], best: &Opt
     print_table(&format!("{title} {}", c.label), &rows);
 }
 
+fn anomaly_json(c: &Common, a: &Anomaly) -> Value {
+    json!({
+        "kind": a.kind, "from": format!("{}{}", c.prefix, a.from),
+        "to": format!("{}{}", c.prefix, a.to), "seq": a.seq, "phase": a.phase,
+        "detail": a.detail,
+    })
+}
+
+/// Prints the first anomalies of the run by name (sender -> receiver, where, sequence
+/// number) and returns them all as JSON, so that a failure can be traced afterwards.
+fn anomaly_summary(sh: &Shared, place: &dyn Fn(u64) -> String) -> Value {
+    let c = &sh.c;
+    let stats = &sh.stats;
+    let list = stats
+        .anomalies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let stale = stats.stale.load(Relaxed);
+    if stale > 0 {
+        println!(
+            "  {stale} message(s) from an earlier run of the tool (run id other than {}) \
+             were received and ignored",
+            sh.run
+        );
+    }
+    if !list.is_empty() {
+        println!("  first anomalies (of {} named):", list.len());
+    }
+    for a in list.iter().take(10) {
+        println!(
+            "    {:<10} {}{} -> {}{} ({}) seq {} in {}: {}",
+            a.kind,
+            c.prefix,
+            a.from,
+            c.prefix,
+            a.to,
+            place(a.from),
+            a.seq,
+            a.phase,
+            a.detail
+        );
+    }
+    Value::Array(list.iter().map(|a| anomaly_json(c, a)).collect())
+}
+
 async fn chat(c: Common, r: RateOpts, pairs: usize) -> R<Value> {
     let mut c = c;
     c.users = pairs * 2;
@@ -1821,26 +2103,38 @@ async fn chat(c: Common, r: RateOpts, pairs: usize) -> R<Value> {
         sh.stats.errors_json()
     );
     // Only complete pairs take part, so every message has a live recipient.
-    let mut senders = Vec::new();
+    let mut traffic = Traffic {
+        senders: Vec::new(),
+        peers: Vec::new(),
+        hears: Vec::new(),
+        named: HashSet::new(),
+    };
     for p in 0..pairs {
         if let (Some(Some(a)), Some(Some(b))) = (sessions.get(2 * p), sessions.get(2 * p + 1)) {
-            senders.push(a.cmd.clone());
-            senders.push(b.cmd.clone());
+            let n = traffic.peers.len();
+            for (s, partner) in [(a, n + 1), (b, n)] {
+                traffic.senders.push(s.cmd.clone());
+                traffic.peers.push(s.peer.clone());
+                traffic.hears.push(vec![partner]);
+            }
         }
     }
-    if senders.is_empty() {
+    if traffic.senders.is_empty() {
         let _ = stop_tx.send(true);
         return Err("no complete pair logged in".into());
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (steps, best) = rate_run(&sh, senders, &r, 1, &probe).await;
+    let (steps, best) = rate_run(&sh, &mut traffic, &r, 1, &probe).await;
     rate_summary("chat", &c, "delivered", &steps, &best);
+    let first = c.first as u64;
+    let anomalies = anomaly_summary(&sh, &|from| format!("pair {}", (from - first) / 2));
     let _ = stop_tx.send(true);
     sh.scram.save(c.scram_cache.as_deref());
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(json!({
         "mode": "chat", "label": c.label, "pairs": pairs, "online": online,
         "login_errors": sh.stats.errors_json(), "dropped": sh.stats.dropped.load(Relaxed),
+        "stale": sh.stats.stale.load(Relaxed), "anomalies": anomalies,
         "steps": steps, "best": best,
     }))
 }
@@ -1899,18 +2193,35 @@ async fn muc(
             c.users
         ));
     }
-    let senders: Vec<_> = sessions.iter().flatten().map(|s| s.cmd.clone()).collect();
+    // Everybody is online (checked above), so positions are login indexes.
+    let live: Vec<&Session> = sessions.iter().flatten().collect();
+    let mut traffic = Traffic {
+        senders: live.iter().map(|s| s.cmd.clone()).collect(),
+        peers: live.iter().map(|s| s.peer.clone()).collect(),
+        hears: (0..live.len())
+            .map(|i| {
+                let room = i / occupants * occupants;
+                (room..(room + occupants).min(live.len())).collect()
+            })
+            .collect(),
+        named: HashSet::new(),
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The rate is of messages sent; each is delivered to every occupant (the sender too).
-    let (steps, best) = rate_run(&sh, senders, &r, occupants as u64, &probe).await;
+    let (steps, best) = rate_run(&sh, &mut traffic, &r, occupants as u64, &probe).await;
     rate_summary("muc", &c, "deliveries", &steps, &best);
+    let first = c.first as u64;
+    let anomalies = anomaly_summary(&sh, &|from| {
+        format!("room {}", (from - first) / occupants as u64)
+    });
     let _ = stop_tx.send(true);
     sh.scram.save(c.scram_cache.as_deref());
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(json!({
         "mode": "muc", "label": c.label, "rooms": rooms, "occupants": occupants,
         "online": online, "login_errors": sh.stats.errors_json(),
-        "dropped": sh.stats.dropped.load(Relaxed), "steps": steps, "best": best,
+        "dropped": sh.stats.dropped.load(Relaxed), "stale": sh.stats.stale.load(Relaxed),
+        "anomalies": anomalies, "steps": steps, "best": best,
     }))
 }
 
@@ -1973,5 +2284,133 @@ fn main() {
             rt.shutdown_timeout(Duration::from_secs(1));
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats_peer() -> (Arc<Stats>, Arc<Peer>) {
+        (Stats::new(), Peer::new(998))
+    }
+
+    fn msg(body: &str, delayed: bool) -> Element {
+        let mut el = Element::new("message", NS_CLIENT)
+            .with_child(Element::new("body", NS_CLIENT).with_text(body));
+        if delayed {
+            el.push(Element::new("delay", NS_DELAY).with_attr("stamp", "2026-11-25T22:49:00Z"));
+        }
+        el
+    }
+
+    fn deliver(stats: &Stats, peer: &Peer, run: u64, body: &str, delayed: bool) {
+        let b = parse_body(body).expect("a body the tool writes");
+        receipt(stats, peer, run, &b, &msg(body, delayed));
+    }
+
+    #[test]
+    fn bodies_parse_exactly() {
+        assert_eq!(
+            parse_body("7 999 8 1234"),
+            Some(Body {
+                run: 7,
+                sender: 999,
+                seq: 8,
+                sent_at: 1234
+            })
+        );
+        // The format of earlier versions, and anything else, is not ours.
+        assert_eq!(parse_body("8 1234"), None);
+        assert_eq!(parse_body("7 999 8 1234 5"), None);
+        assert_eq!(parse_body("hello"), None);
+    }
+
+    #[test]
+    fn seq_track_tells_order_duplicates_and_gaps() {
+        let mut t = SeqTrack::default();
+        assert_eq!(t.record(0), Receipt::InOrder);
+        assert_eq!(t.record(2), Receipt::InOrder);
+        assert_eq!(t.record(1), Receipt::Reordered { after: 2 });
+        assert_eq!(t.record(2), Receipt::Duplicate);
+        assert_eq!(t.record(70), Receipt::InOrder);
+        let missing = t.missing_below(72);
+        assert_eq!(missing.len(), 72 - 4);
+        assert_eq!(&missing[..2], &[3, 4]);
+        assert_eq!(missing.last(), Some(&71));
+        assert!(!missing.contains(&70));
+    }
+
+    /// What made the bench report "1 lost, 1 duplicated, 7 reordered" with the server full:
+    /// the previous run's last message from load999 (seq 8) was written after the stop
+    /// signal, kept in offline storage and handed to load998 when the next run logged it
+    /// in. Counted as this run's, it made seqs 1-7 look reordered and seq 8 a duplicate.
+    #[test]
+    fn a_message_from_an_earlier_run_is_stale_not_a_fault() {
+        let (stats, peer) = stats_peer();
+        let run = 42;
+        deliver(&stats, &peer, run, "41 999 8 5", true);
+        for seq in 0..=8 {
+            deliver(&stats, &peer, run, &format!("{run} 999 {seq} 10"), false);
+        }
+        assert_eq!(stats.received.load(Relaxed), 9);
+        assert_eq!(stats.duplicated.load(Relaxed), 0);
+        assert_eq!(stats.reordered.load(Relaxed), 0);
+        assert_eq!(stats.stale.load(Relaxed), 1);
+        let list = stats.anomalies.lock().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            (list[0].kind, list[0].from, list[0].to, list[0].seq),
+            ("stale", 999, 998, 8)
+        );
+        assert!(
+            list[0].detail.contains("offline storage"),
+            "{}",
+            list[0].detail
+        );
+    }
+
+    #[test]
+    fn anomalies_are_named() {
+        let (stats, peer) = stats_peer();
+        let run = 42;
+        for seq in [0, 2, 1, 2] {
+            deliver(&stats, &peer, run, &format!("{run} 999 {seq} 10"), false);
+        }
+        assert_eq!(stats.received.load(Relaxed), 3);
+        assert_eq!(stats.reordered.load(Relaxed), 1);
+        assert_eq!(stats.duplicated.load(Relaxed), 1);
+        let kinds: Vec<_> = stats
+            .anomalies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| (a.kind, a.from, a.to, a.seq))
+            .collect();
+        assert_eq!(
+            kinds,
+            [("reordered", 999, 998, 1), ("duplicated", 999, 998, 2)]
+        );
+
+        // Gaps are named once, against what the sender says it wrote.
+        let sender = Peer::new(999);
+        sender.sent.store(5, Relaxed);
+        let mut t = Traffic {
+            senders: Vec::new(),
+            peers: vec![sender, peer],
+            hears: vec![vec![], vec![0]],
+            named: HashSet::new(),
+        };
+        assert_eq!(t.name_missing(&stats), 2);
+        assert_eq!(t.name_missing(&stats), 2);
+        let missing: Vec<_> = stats
+            .anomalies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.kind == "missing")
+            .map(|a| (a.from, a.to, a.seq))
+            .collect();
+        assert_eq!(missing, [(999, 998, 3), (999, 998, 4)]);
     }
 }
