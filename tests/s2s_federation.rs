@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::muc::{codes, item};
 use common::{stanza_error, Client, Got, TestServer};
 use starling::xml::Element;
 use std::net::SocketAddr;
@@ -862,24 +863,6 @@ async fn subscription_handshake_across_servers() {
 
 // ---- group chat across servers ----
 
-fn muc_codes(e: &Element) -> Vec<String> {
-    e.child("x", starling::ns::MUC_USER)
-        .map(|x| {
-            x.children()
-                .filter(|c| c.name() == "status")
-                .filter_map(|c| c.attr("code").map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn muc_item(e: &Element) -> Element {
-    e.child("x", starling::ns::MUC_USER)
-        .and_then(|x| x.child("item", starling::ns::MUC_USER))
-        .cloned()
-        .unwrap_or_else(|| panic!("no muc#user item in {e}"))
-}
-
 fn presence_from<'a>(from: &'a str) -> impl Fn(&Element) -> bool + 'a {
     move |e: &Element| e.name() == "presence" && e.attr("from") == Some(from)
 }
@@ -907,9 +890,9 @@ async fn remote_user_in_local_room() {
     let own = al
         .wait_for(presence_from("lounge@conference.a.test/Alice"))
         .await;
-    let codes = muc_codes(&own);
+    let created = codes(&own);
     assert!(
-        codes.contains(&"110".into()) && codes.contains(&"201".into()),
+        created.contains(&"110".into()) && created.contains(&"201".into()),
         "{own}"
     );
     let r = al
@@ -935,15 +918,15 @@ async fn remote_user_in_local_room() {
         "{first}"
     );
     assert_eq!(first.attr("to"), Some("bob@b.test/desk"));
-    assert_eq!(muc_item(&first).attr("affiliation"), Some("owner"));
+    assert_eq!(item(&first).attr("affiliation"), Some("owner"));
     let own = bo.wait_for(|e| e.name() == "presence").await;
     assert_eq!(
         own.attr("from"),
         Some("lounge@conference.a.test/Bob"),
         "{own}"
     );
-    assert!(muc_codes(&own).contains(&"110".into()), "{own}");
-    assert_eq!(muc_item(&own).attr("role"), Some("participant"));
+    assert!(codes(&own).contains(&"110".into()), "{own}");
+    assert_eq!(item(&own).attr("role"), Some("participant"));
     let subject = bo.wait_for(|e| e.name() == "message").await;
     assert!(
         subject.has_child("subject", starling::ns::CLIENT),
@@ -955,11 +938,11 @@ async fn remote_user_in_local_room() {
         .wait_for(presence_from("lounge@conference.a.test/Bob"))
         .await;
     assert_eq!(
-        muc_item(&arrived).attr("jid"),
+        item(&arrived).attr("jid"),
         Some("bob@b.test/desk"),
         "{arrived}"
     );
-    assert!(!muc_codes(&arrived).contains(&"110".into()));
+    assert!(!codes(&arrived).contains(&"110".into()));
 
     // Messages both ways, each reflected to every occupant under the sender's nick.
     bo.send(&format!(
@@ -1017,7 +1000,7 @@ async fn remote_user_in_local_room() {
         .wait_for(presence_from("lounge@conference.a.test/Bob"))
         .await;
     assert_eq!(own.attr("type"), Some("unavailable"));
-    assert!(muc_codes(&own).contains(&"110".into()), "{own}");
+    assert!(codes(&own).contains(&"110".into()), "{own}");
     // bob joins again, then drops his connection without leaving: b.test sends the room
     // his unavailable presence (RFC 6121 §4.6.3), and alice sees him go.
     bo.send(&format!(
@@ -1033,7 +1016,7 @@ async fn remote_user_in_local_room() {
         .wait_for(presence_from("lounge@conference.a.test/Bob"))
         .await;
     assert_eq!(gone.attr("type"), Some("unavailable"), "{gone}");
-    assert_eq!(muc_item(&gone).attr("role"), Some("none"));
+    assert_eq!(item(&gone).attr("role"), Some("none"));
     // The room's stream to b.test speaks for the MUC domain.
     assert!(p
         .a
