@@ -25,9 +25,6 @@ may hold on every address), and libunbound answers NXDOMAIN for all of .test its
 import os
 import re
 import sys
-import tempfile
-import shutil
-from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
@@ -38,7 +35,7 @@ from xmpptest.servers import LOOPBACK, ProsodyServer, StarlingServer, TestCA  # 
 from xmpptest.slix import clients  # noqa: E402
 from xmpptest.dns import DnsServer  # noqa: E402
 from xmpptest.federation import (  # noqa: E402
-    TIMEOUT, chat, login, muc_across, ping_across, subscribe_both_ways)
+    TIMEOUT, CaDir, chat, login, muc_across, ping_across, subscribe_both_ways)
 
 
 S_DOMAIN, P_DOMAIN = "starling.example", "prosody.test"
@@ -53,24 +50,6 @@ suite = Suite("s2s", "federation with a private Prosody, once with dialback and 
 class Federation:
     def __init__(self, mode, starling: StarlingServer, prosody: ProsodyServer, dns: DnsServer):
         self.mode, self.starling, self.prosody, self.dns = mode, starling, prosody, dns
-
-
-class CaDir:
-    """The run's CA files, removed with the federation that uses them."""
-    kind = "ca"
-
-    def __init__(self):
-        self.path = Path(tempfile.mkdtemp(prefix="conf-ca-"))
-        self.users = {}
-
-    def alive(self):
-        return True
-
-    def stop(self):
-        shutil.rmtree(self.path, ignore_errors=True)
-
-    def log_tail(self, max_bytes=6000):
-        return f"CA files in {self.path}"
 
 
 def federation(ctx, mode: str) -> Federation:

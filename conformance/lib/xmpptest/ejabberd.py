@@ -17,6 +17,7 @@ import signal
 import subprocess
 import textwrap
 import time
+from pathlib import Path
 
 from .servers import LOOPBACK, Server, ServerError, make_self_signed, tail
 
@@ -32,13 +33,21 @@ def available() -> bool:
 class EjabberdServer(Server):
     kind = "ejabberd"
 
-    def __init__(self, *, dns: tuple[str, int] | None = None, muc: bool = False, **kw):
+    def __init__(self, *, dns: tuple[str, int] | None = None, muc: bool = False,
+                 certificate: tuple[Path, Path] | None = None, cafile: Path | None = None,
+                 dialback: bool = True, **kw):
         """`dns`: (address, port) of the only DNS server the VM may ask for SRV records;
-        `muc=True` adds a MUC service on `conference.<domain>`."""
+        `muc=True` adds a MUC service on `conference.<domain>`; `certificate` (cert, key)
+        replaces the self-signed one and `cafile` is the trust store for peer servers'
+        certificates (SASL EXTERNAL); `dialback=False` leaves mod_s2s_dialback out, so a
+        peer that cannot be authenticated by its certificate is refused."""
         kw.setdefault("start_timeout", 60.0)
         super().__init__(**kw)
         self.dns = dns
         self.muc = muc
+        self.certificate = certificate
+        self.cafile = cafile
+        self.dialback = dialback
         self.node = ""
 
     @property
@@ -58,9 +67,15 @@ class EjabberdServer(Server):
         d = self.dir
         (d / "logs").mkdir()
         (d / "spool").mkdir()
-        crt, key = make_self_signed(d, self.domain)
+        crt, key = self.certificate or make_self_signed(d, self.domain)
         pem = d / "cert.pem"
         pem.write_bytes(crt.read_bytes() + key.read_bytes())
+        trust = ""
+        if self.cafile is not None:
+            ca = d / "peer-ca.pem"
+            ca.write_bytes(Path(self.cafile).read_bytes())
+            trust = f"s2s_cafile: {ca}\n"
+        dialback = "  mod_s2s_dialback: {}\n" if self.dialback else ""
         self.node = f"conf{self.c2s_port}@localhost"
         muc = textwrap.indent(textwrap.dedent(f"""\
             mod_muc:
@@ -97,9 +112,8 @@ class EjabberdServer(Server):
               mod_disco: {{}}
               mod_ping: {{}}
               mod_roster: {{}}
-              mod_s2s_dialback: {{}}
               mod_version: {{}}
-            """) + muc)
+            """) + dialback + muc + trust)
         # ejabberdctl hands the VM $CONFIG_DIR/inetrc (ERL_INETRC).
         inetrc = d / "inetrc"
         # No resolv.conf: the system's nameservers would replace the one named here.

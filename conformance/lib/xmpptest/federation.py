@@ -5,6 +5,9 @@ subscription handshake, XEP-0045 rooms with occupants from the other server)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
+from pathlib import Path
 
 from slixmpp import JID
 
@@ -13,6 +16,24 @@ from .slix import Client, LoginFailed
 
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 TIMEOUT = 20
+
+
+class CaDir:
+    """The run's CA files, removed with the federation that uses them."""
+    kind = "ca"
+
+    def __init__(self):
+        self.path = Path(tempfile.mkdtemp(prefix="conf-ca-"))
+        self.users = {}
+
+    def alive(self):
+        return True
+
+    def stop(self):
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def log_tail(self, max_bytes=6000):
+        return f"CA files in {self.path}"
 
 
 async def login(server, jid, pw, *, roster=False) -> Client:

@@ -365,8 +365,10 @@ class TestCA:
         self.ca_file = self.dir / "ca.pem"
         self.ca_file.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, names: list[str]) -> tuple[Path, Path]:
-        """A certificate for `names` (the first is the subject), as (cert file, key file)."""
+    def issue(self, names: list[str], *, client_auth: bool = False) -> tuple[Path, Path]:
+        """A certificate for `names` (the first is the subject), as (cert file, key file).
+        `client_auth` adds the clientAuth usage, for peers that insist on it in the
+        certificate a server presents as a client (ejabberd 23.01 does)."""
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -385,8 +387,10 @@ class TestCA:
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
                            critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH]
+                + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client_auth else [])),
+                critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 self._key.public_key()), critical=False)
             .sign(self._key, hashes.SHA256()))
