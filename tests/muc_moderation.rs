@@ -575,3 +575,39 @@ async fn nickname_registration_reserves_the_nick_and_grants_membership() {
     assert_eq!(stanza_error(&r).as_deref(), Some("not-allowed"), "{r}");
     ts.stop().await;
 }
+
+/// A deleted account loses its affiliations in running rooms, so whoever registers the
+/// same name later inherits nothing.
+#[tokio::test]
+async fn a_deleted_account_keeps_no_affiliation() {
+    let ts = TestServer::start().await;
+    let mut alice = user(&ts, "alice").await;
+    create_instant(&mut alice, "kept", "Alice").await;
+    let r = configure(
+        &mut alice,
+        "kept",
+        &[("muc#roomconfig_persistentroom", "1")],
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let r = admin_set(
+        &mut alice,
+        "kept",
+        "a1",
+        "<item jid='bob@localhost' affiliation='admin'/><item jid='carol@localhost' affiliation='member'/>",
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    ts.add_user("bob", "pw");
+    let bob = jid::BareJid::new("bob@localhost").unwrap();
+    ts.state().delete_account(&bob, "test").unwrap();
+    let admins = admin_list(&mut alice, "kept", "l1", "affiliation='admin'").await;
+    assert!(admins.is_empty(), "admins after deletion: {admins:?}");
+    let members = admin_list(&mut alice, "kept", "l2", "affiliation='member'").await;
+    let jids: Vec<_> = members.iter().filter_map(|i| i.attr("jid")).collect();
+    assert_eq!(jids, vec!["carol@localhost"]);
+    // The stored room agrees.
+    let stored = ts.state().store.room(&room("kept")).unwrap().unwrap();
+    assert!(!stored.affiliations.contains_key("bob@localhost"));
+    ts.stop().await;
+}

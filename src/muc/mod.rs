@@ -68,6 +68,8 @@ pub fn register(reg: &mut Registry, config: &Config) {
     reg.domain(config.muc_domain(), move |server, stanza| {
         s.handle(server, stanza)
     });
+    let s = service.clone();
+    reg.on_account_removed(move |store, bare| s.account_removed(store, bare));
     let s = service;
     reg.on_session_end(move |_server, jid| {
         if let Ok(full) = jid.clone().try_into_full() {
@@ -181,6 +183,50 @@ impl Service {
                 tokio::spawn(async move {
                     let _ = tx.send(msg).await;
                 });
+            }
+        }
+    }
+
+    /// A deleted account keeps no affiliation anywhere: whoever registers the name later
+    /// must not inherit ownership or membership of its rooms.
+    fn account_removed(&self, store: &crate::store::Store, bare: &BareJid) {
+        if self.server.get().and_then(Weak::upgrade).is_some() {
+            // Running: every persistent room is live, and each room changes (and saves)
+            // its own state.
+            let map = lock(&self.rooms);
+            for tx in map.values() {
+                if let Err(mpsc::error::TrySendError::Full(msg)) =
+                    tx.try_send(RoomMsg::AccountRemoved(bare.clone()))
+                {
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        let tx = tx.clone();
+                        rt.spawn(async move {
+                            let _ = tx.send(msg).await;
+                        });
+                    }
+                }
+            }
+            return;
+        }
+        // No server running here (the command line): edit the stored rooms.
+        let rooms = match store.load_rooms() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(account = %bare, "reading rooms to drop affiliations failed: {e}");
+                return;
+            }
+        };
+        for (jid, mut record) in rooms {
+            if record.affiliations.remove(bare.as_str()).is_none() {
+                continue;
+            }
+            match store.save_room(&jid, &record) {
+                Ok(()) => {
+                    tracing::info!(room = %jid, account = %bare, "affiliation of a deleted account removed")
+                }
+                Err(e) => {
+                    tracing::error!(room = %jid, account = %bare, "removing an affiliation failed: {e}")
+                }
             }
         }
     }
@@ -316,5 +362,53 @@ fn gone(server: &ServerState, stanza: &Element) {
         "iq" if ty == "get" || ty == "set" => bounce(server, stanza, StanzaError::item_not_found()),
         "message" if ty != "error" => bounce(server, stanza, StanzaError::item_not_found()),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::module::Registry;
+    use crate::store::{AffiliationRecord, RoomRecord, Store};
+    use crate::Config;
+    use std::collections::BTreeMap;
+
+    /// With no server running (the command line), deleting an account edits the stored
+    /// rooms: its affiliation is gone, everyone else's stays.
+    #[test]
+    fn deleting_an_account_offline_drops_its_affiliations() {
+        let store = Store::temporary().unwrap();
+        let config = Config::default();
+        let mut registry = Registry::default();
+        crate::services::register_all(&mut registry, &config);
+        let bob = jid::BareJid::new("bob@localhost").unwrap();
+        crate::accounts::create(&store, &bob, "pw").unwrap();
+        let aff = |a| AffiliationRecord {
+            affiliation: a,
+            nick: Some("nick".into()),
+            reason: None,
+        };
+        let mut affiliations = BTreeMap::new();
+        affiliations.insert(
+            "alice@localhost".to_string(),
+            aff(super::perms::Affiliation::Owner),
+        );
+        affiliations.insert(
+            "bob@localhost".to_string(),
+            aff(super::perms::Affiliation::Admin),
+        );
+        let record = RoomRecord {
+            config: Default::default(),
+            affiliations,
+            subject: None,
+            occupant_id_key: vec![1; 32],
+            created: 0,
+        };
+        store
+            .save_room("room@conference.localhost", &record)
+            .unwrap();
+        crate::accounts::delete(&store, &registry, &bob).unwrap();
+        let after = store.room("room@conference.localhost").unwrap().unwrap();
+        let left: Vec<&str> = after.affiliations.keys().map(String::as_str).collect();
+        assert_eq!(left, vec!["alice@localhost"]);
     }
 }

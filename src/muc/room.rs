@@ -26,6 +26,8 @@ pub enum RoomMsg {
     Stanza(Element),
     /// A session that may have been an occupant has ended.
     SessionEnded(FullJid),
+    /// The account was deleted: its affiliation goes.
+    AccountRemoved(BareJid),
 }
 
 struct Occupant {
@@ -228,6 +230,19 @@ impl Room {
                         .with_attr("type", "unavailable")
                         .with_attr("from", full.to_string());
                     self.leave(server, i, &full, &presence);
+                }
+            }
+            RoomMsg::AccountRemoved(bare) => {
+                if self.affiliations.contains_key(&bare) {
+                    self.set_affiliation(
+                        server,
+                        bare,
+                        Affiliation::None,
+                        None,
+                        Some("account deleted".into()),
+                        None,
+                    );
+                    self.save(server);
                 }
             }
             RoomMsg::Stanza(stanza) => {
