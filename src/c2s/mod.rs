@@ -119,11 +119,16 @@ async fn run(server: Arc<ServerState>, mut conn: Conn, shutdown: watch::Receiver
         let mut first = true;
         loop {
             let end = if std::mem::take(&mut first) {
-                // What negotiation queued last (the bind result, or `<resumed/>` and the
-                // retransmissions) goes out before the session loop waits for anything.
-                match conn.flush().await {
-                    Ok(()) => session_loop(&server, &mut conn, &mut live, &mut shutdown).await,
-                    Err(e) => End::Lost(e),
+                // What a client pipelined behind its bind (or resume) request is already
+                // in the reader, where the session loop only looks after a read. Then
+                // what negotiation queued last (the bind result, or `<resumed/>` and the
+                // retransmissions) and any replies go out before the loop waits.
+                match drain_events(&server, &mut conn, &mut live) {
+                    Err(e) => End::Over(e),
+                    Ok(()) => match conn.flush().await {
+                        Ok(()) => session_loop(&server, &mut conn, &mut live, &mut shutdown).await,
+                        Err(e) => End::Lost(e),
+                    },
                 }
             } else {
                 session_loop(&server, &mut conn, &mut live, &mut shutdown).await
