@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -618,7 +618,6 @@ struct Shared {
 struct Client {
     io: Io,
     reader: StreamReader,
-    rbuf: Vec<u8>,
     out: Vec<u8>,
 }
 
@@ -725,7 +724,6 @@ impl Client {
         Ok(Client {
             io: Io::Plain(tcp),
             reader: StreamReader::new(limits()),
-            rbuf: vec![0; 4096],
             out: Vec::with_capacity(512),
         })
     }
@@ -779,18 +777,28 @@ impl Client {
         self.flush().await
     }
 
-    /// Reads once; cancel-safe (nothing is lost when a select drops it).
+    /// Reads once; cancel-safe (nothing is lost when a select drops it). The buffer
+    /// lives on the stack of one poll, as in the server: a held session waiting for input
+    /// (all of them, in a login run) keeps no read buffer, so the tool's memory and page
+    /// faults grow less with the sessions it holds.
     async fn read_some(&mut self) -> R<()> {
-        let n = self
-            .io
-            .read(&mut self.rbuf)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        if n == 0 {
-            return Err("closed".into());
-        }
-        self.reader.feed(&self.rbuf[..n]);
-        Ok(())
+        let (io, reader) = (&mut self.io, &mut self.reader);
+        std::future::poll_fn(|cx| {
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(format!("read: {e}"))),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    Poll::Ready(Err("closed".to_string()))
+                }
+                Poll::Ready(Ok(())) => {
+                    reader.feed(buf.filled());
+                    Poll::Ready(Ok(()))
+                }
+            }
+        })
+        .await
     }
 
     fn poll_event(&mut self) -> R<Option<StreamEvent>> {
