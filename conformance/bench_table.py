@@ -31,6 +31,7 @@ def metrics(d, name):
     login = load(d, name, "login")
     m["TLS + SCRAM-SHA-256 logins/s"] = (get(login, "login_rate"), True)
     m["server CPU per login (µs)"] = (get(login, "server_cpu_us_per_login"), False)
+    m["  load tool CPU per login (µs)"] = (get(login, "tool_cpu_us_per_login"), None)
     mem = load(d, name, "memory")
     cps = get(mem, "checkpoints") or []
     for cp in cps:

@@ -223,6 +223,10 @@ pub struct TlsConfig {
     /// under `data_dir` on first start.
     pub certificate: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// TLS 1.3 session tickets sent to a client after a full handshake (0..8), so that it
+    /// can resume TLS when it reconnects. 0: none, and every connection pays a full
+    /// handshake; each ticket costs a key derivation and an encryption on every handshake.
+    pub session_tickets: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -427,6 +431,10 @@ impl Config {
         }
         let l = &self.limits;
         let checks = [
+            (
+                self.tls.session_tickets <= 8,
+                "tls.session_tickets must be 0..8",
+            ),
             (
                 l.max_stanza_bytes >= 10 * 1024 && l.max_stanza_bytes <= 64 << 20,
                 "limits.max_stanza_bytes must be 10 KiB..64 MiB",

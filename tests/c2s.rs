@@ -105,6 +105,51 @@ async fn scram_plus_with_tls_exporter() {
     s.stop().await;
 }
 
+/// A client that sends each step's requests without waiting for the features in
+/// between (XEP-0305 style pipelining) gets the same answers, in order, and what it sends
+/// behind its bind request is handled at once, not only when more input arrives.
+#[tokio::test]
+async fn pipelined_login() {
+    let s = server_with_users().await;
+    let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+                  xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
+    let mut c = Client::connect(s.c2s).await;
+    c.send(&format!(
+        "{header}<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+    ))
+    .await;
+    assert!(matches!(c.next().await, Got::Header(_)));
+    assert_eq!(c.el().await.name(), "features");
+    assert_eq!(c.el().await.name(), "proceed");
+    c.upgrade_tls().await;
+    let plain = B64.encode("\0alice\0wonderland");
+    c.send(&format!(
+        "{header}<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain}</auth>"
+    ))
+    .await;
+    assert!(matches!(c.next().await, Got::Header(_)));
+    assert_eq!(c.el().await.name(), "features");
+    let r = c.el().await;
+    assert_eq!(r.name(), "success", "{r}");
+    c.restart();
+    c.send(&format!(
+        "{header}<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+         <resource>pipe</resource></bind></iq>\
+         <iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+    ))
+    .await;
+    assert!(matches!(c.next().await, Got::Header(_)));
+    let f = c.el().await;
+    assert!(f.child("bind", ns::BIND).is_some(), "{f}");
+    let bound = c.el().await;
+    assert_eq!(bound.attr("id"), Some("b1"), "{bound}");
+    assert_eq!(bound.attr("type"), Some("result"), "{bound}");
+    let pong = c.el().await;
+    assert_eq!(pong.attr("id"), Some("p1"), "{pong}");
+    assert_eq!(pong.attr("type"), Some("result"), "{pong}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn direct_tls_login() {
     let s = server_with_users().await;

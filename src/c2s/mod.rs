@@ -116,13 +116,19 @@ async fn run(server: Arc<ServerState>, mut conn: Conn, shutdown: watch::Receiver
             server.registry.run_session_start(&server, &live.handle);
         }
         let mut live = live;
-        let mut first = resumed;
+        let mut first = true;
         loop {
             let end = if std::mem::take(&mut first) {
-                // `<resumed/>` and the retransmissions were queued by `resume`.
-                match conn.flush().await {
-                    Ok(()) => session_loop(&server, &mut conn, &mut live, &mut shutdown).await,
-                    Err(e) => End::Lost(e),
+                // What a client pipelined behind its bind (or resume) request is already
+                // in the reader, where the session loop only looks after a read. Then
+                // what negotiation queued last (the bind result, or `<resumed/>` and the
+                // retransmissions) and any replies go out before the loop waits.
+                match drain_events(&server, &mut conn, &mut live) {
+                    Err(e) => End::Over(e),
+                    Ok(()) => match conn.flush().await {
+                        Ok(()) => session_loop(&server, &mut conn, &mut live, &mut shutdown).await,
+                        Err(e) => End::Lost(e),
+                    },
                 }
             } else {
                 session_loop(&server, &mut conn, &mut live, &mut shutdown).await
@@ -172,15 +178,16 @@ async fn negotiate(
         if !std::mem::take(&mut continuing) {
             let header = conn.expect_header().await?;
             check_header(server, &header).map_err(C2sError::Stream)?;
-            conn.send_header(server, header.attr("from")).await?;
-            conn.send(&features(server, conn, authenticated.is_some(), &offered))
-                .await?;
+            // Header and features go out in one write, together with whatever else is
+            // queued before the next read (see `Conn::next_event_wait`).
+            conn.queue_header(server, header.attr("from"));
+            conn.queue(&features(server, conn, authenticated.is_some(), &offered));
         }
         loop {
             let el = conn.expect_element().await?;
             match (authenticated.as_ref(), el.ns(), el.name()) {
                 (None, ns::TLS, "starttls") if conn.can_starttls() => {
-                    conn.send(&Element::new("proceed", ns::TLS)).await?;
+                    conn.queue(&Element::new("proceed", ns::TLS));
                     conn.start_tls_after_proceed(server).await?;
                     continue 'stream;
                 }
@@ -206,12 +213,11 @@ async fn negotiate(
                 }
                 (None, ns::SASL, "auth") => {
                     // SASL before TLS when encryption is required.
-                    conn.send(&sasl_failure(Failure::EncryptionRequired, None))
-                        .await?;
+                    conn.queue(&sasl_failure(Failure::EncryptionRequired, None));
                 }
                 (None, ns::CLIENT, "iq") if register_allowed(server, conn) => {
                     let reply = register::unauthenticated(server, &el).map_err(C2sError::Stream)?;
-                    conn.send(&reply).await?;
+                    conn.queue(&reply);
                 }
                 (Some(bare), ns::CLIENT, "iq") => {
                     if let Some((handle, channels)) = try_bind(server, conn, bare, &el).await? {
@@ -233,12 +239,12 @@ async fn negotiate(
                                 h,
                             })
                         }
-                        _ => conn.send(&sm::failed("bad-request", None)).await?,
+                        _ => conn.queue(&sm::failed("bad-request", None)),
                     }
                 }
                 (Some(_), ns::SM, "enable") => {
                     // XEP-0198 §3: only a bound resource can enable stream management.
-                    conn.send(&sm::failed("unexpected-request", None)).await?;
+                    conn.queue(&sm::failed("unexpected-request", None));
                 }
                 (None, _, _) => {
                     return Err(C2sError::Stream(
@@ -411,7 +417,7 @@ async fn authenticate(
         Ok(s) => s,
         Err(f) => {
             tracing::info!(mechanism, "SASL mechanism refused");
-            conn.send(&sasl_failure(f, None)).await?;
+            conn.queue(&sasl_failure(f, None));
             return Ok(AuthOutcome::Refused);
         }
     };
@@ -419,7 +425,7 @@ async fn authenticate(
     let initial = auth.text();
     let mut input = if initial.trim().is_empty() {
         // No initial response: ask for it with an empty challenge.
-        conn.send(&Element::new("challenge", ns::SASL)).await?;
+        conn.queue(&Element::new("challenge", ns::SASL));
         match next_sasl_response(conn).await? {
             Ok(data) => data,
             Err(f) => return fail(server, conn, f, None, consulted).await,
@@ -437,8 +443,7 @@ async fn authenticate(
         });
         match step {
             Step::Challenge(data) => {
-                conn.send(&Element::new("challenge", ns::SASL).with_text(B64.encode(data)))
-                    .await?;
+                conn.queue(&Element::new("challenge", ns::SASL).with_text(B64.encode(data)));
                 input = match next_sasl_response(conn).await? {
                     Ok(data) => data,
                     Err(f) => return fail(server, conn, f, None, consulted).await,
@@ -456,7 +461,7 @@ async fn authenticate(
                 if !additional_data.is_empty() {
                     success.push_text(B64.encode(additional_data));
                 }
-                conn.send(&success).await?;
+                conn.queue(&success);
                 return Ok(AuthOutcome::Success(bare));
             }
             Step::Failure(f, text) => return fail(server, conn, f, text, consulted).await,
@@ -479,7 +484,7 @@ async fn fail(
         ))
         .await;
     }
-    conn.send(&sasl_failure(failure, text)).await?;
+    conn.queue(&sasl_failure(failure, text));
     Ok(if consulted && failure != Failure::Aborted {
         AuthOutcome::WrongCredentials
     } else {
@@ -524,15 +529,18 @@ async fn try_bind(
         Err(_) => {
             let err = StanzaError::bad_request().with_text("resource is not valid");
             if let Some(reply) = error_reply(iq, &err) {
-                conn.send(&reply).await?;
+                conn.queue(&reply);
             }
             return Ok(None);
         }
     };
     let (handle, channels) = server.sessions.bind(full.clone());
-    let _ = server.store.update_account(bare.as_str(), |a| {
-        a.last_login = Some(crate::store::now_secs())
-    });
+    if let Err(e) = server
+        .store
+        .record_activity(bare.as_str(), false, crate::store::now_secs())
+    {
+        tracing::warn!("recording the login time failed: {e}");
+    }
     let reply = iq_result(
         iq,
         Some(
@@ -540,7 +548,8 @@ async fn try_bind(
                 .with_child(Element::new("jid", ns::BIND).with_text(full.as_str())),
         ),
     );
-    conn.send(&reply).await?;
+    // Flushed by `run` before the session loop starts.
+    conn.queue(&reply);
     Ok(Some((handle, channels)))
 }
 
@@ -1068,9 +1077,12 @@ fn end_session(
         }
     }
     let bare = handle.jid.to_bare();
-    let _ = server.store.update_account(bare.as_str(), |a| {
-        a.last_logout = Some(crate::store::now_secs())
-    });
+    if let Err(e) = server
+        .store
+        .record_activity(bare.as_str(), true, crate::store::now_secs())
+    {
+        tracing::warn!("recording the logout time failed: {e}");
+    }
     // A session replaced by a newer one with the same resource did not go away for
     // anyone else, so only a session that was still registered announces: to everyone
     // if it was available, else only to those it sent directed presence.

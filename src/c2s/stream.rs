@@ -282,11 +282,16 @@ impl Conn {
         Ok(self.reader.next_event()?)
     }
 
+    /// The next top-level event, reading as needed. During negotiation replies are only
+    /// queued; they are written here, once nothing the client already sent is left to
+    /// handle, so that what one read asked for goes out in one write (header and
+    /// features, or everything a pipelining client asked for at once).
     async fn next_event_wait(&mut self) -> Result<StreamEvent, C2sError> {
         loop {
             if let Some(ev) = self.next_event()? {
                 return Ok(ev);
             }
+            self.flush().await?;
             self.read_some().await?;
         }
     }
@@ -307,17 +312,8 @@ impl Conn {
         }
     }
 
-    /// Our response stream header (RFC 6120 §4.7).
-    pub async fn send_header(
-        &mut self,
-        server: &ServerState,
-        to: Option<&str>,
-    ) -> Result<(), C2sError> {
-        self.write_header(server, to);
-        self.flush().await
-    }
-
-    fn write_header(&mut self, server: &ServerState, to: Option<&str>) {
+    /// Queues our response stream header (RFC 6120 §4.7).
+    pub fn queue_header(&mut self, server: &ServerState, to: Option<&str>) {
         use rand::Rng;
         self.stream_id = rand::thread_rng().gen();
         if let Some(f) = self.framed.as_mut() {
@@ -376,11 +372,6 @@ impl Conn {
         if let Some(f) = self.framed.as_mut() {
             f.out.clear();
         }
-    }
-
-    pub async fn send(&mut self, el: &Element) -> Result<(), C2sError> {
-        self.queue(el);
-        self.flush().await
     }
 
     pub async fn flush(&mut self) -> Result<(), C2sError> {

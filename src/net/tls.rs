@@ -65,10 +65,21 @@ impl TlsSetup {
         let key = read_key(&key_path)?;
         let server_end_point = Sha256::digest(certs[0].as_ref()).to_vec();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
+        let mut server_config = rustls::ServerConfig::builder_with_provider(listener_provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(certs.clone(), key.clone_key())?;
+        // Our order, not the client's: see `listener_provider`.
+        server_config.ignore_client_order = true;
+        // rustls's default is two tickets per handshake backed by a 256-entry in-memory
+        // cache: on a server with more clients than that, a ticket is usually evicted
+        // before its client comes back, yet every handshake pays for both. Tickets are
+        // either off or stateless (valid however many clients there are).
+        server_config.send_tls13_tickets = config.tls.session_tickets;
+        server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        if config.tls.session_tickets > 0 {
+            server_config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        }
         // XEP-0368 direct TLS clients may ask for "xmpp-client"; STARTTLS clients send none.
         let mut http_config = server_config.clone();
         http_config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -143,6 +154,30 @@ impl TlsSetup {
             tls_server_end_point: Some(self.server_end_point.as_ref().clone()),
         }
     }
+}
+
+/// The crypto provider of the listeners clients connect to: *ring*'s, with TLS 1.3's
+/// mandatory suite TLS_AES_128_GCM_SHA256 first (then the TLS 1.2 AES-128 suites).
+/// rustls's default order puts AES-256-GCM with SHA-384 first, and a server that follows
+/// its clients gets it from most (OpenSSL's default order has it first too), but SHA-384
+/// runs without hardware help here while SHA-256 has it: a TLS 1.3 handshake's key
+/// schedule and transcript hashes cost about three times as much with SHA-384, for no
+/// security a login needs. ChaCha20-Poly1305 stays available for clients without AES.
+fn listener_provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(provider)
 }
 
 /// The trusted authorities for peer servers: the system's and/or `s2s.ca_file`.

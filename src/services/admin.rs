@@ -591,11 +591,16 @@ fn get_lastlogin(ctx: &CommandCtx<'_>, forms: &[Form]) -> Result<CommandStep, St
         )));
     };
     let jid = local_account(ctx, form.value("accountjid").unwrap_or(""))?;
-    let account = existing(ctx, &jid)?;
+    existing(ctx, &jid)?;
+    let (last_login, _) = ctx
+        .server
+        .store
+        .activity(jid.as_str())
+        .map_err(|e| account_error(AccountError::Store(e), &jid))?;
     log(ctx, "get-user-lastlogin");
     let mut last = Field::new("lastlogin", FieldType::TextSingle).label("Last login time");
     let mut notes = Vec::new();
-    match account.last_login {
+    match last_login {
         Some(t) => last = last.value(crate::datetime::format(t)),
         None => notes.push(Note {
             kind: NoteType::Info,

@@ -47,10 +47,9 @@ pub fn register(reg: &mut Registry) {
         let last = server.store.last_presence(user.as_str()).ok().flatten();
         let logout = server
             .store
-            .account(user.as_str())
+            .activity(user.as_str())
             .ok()
-            .flatten()
-            .and_then(|a| a.last_logout);
+            .and_then(|(_, logout)| logout);
         let Some(at) = last.as_ref().map(|l| l.at).or(logout) else {
             return Err(StanzaError::service_unavailable().with_text("never logged in"));
         };

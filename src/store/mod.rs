@@ -117,6 +117,8 @@ pub struct Account {
     pub disabled: bool,
     /// Seconds since the Unix epoch.
     pub created: u64,
+    /// Where login and logout times were kept before the activity tree; still read as a
+    /// fallback by `Store::activity`, no longer written.
     #[serde(default)]
     pub last_login: Option<u64>,
     #[serde(default)]

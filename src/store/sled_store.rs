@@ -10,6 +10,10 @@ use std::path::Path;
 pub struct Store {
     pub(super) db: sled::Db,
     accounts: sled::Tree,
+    /// `jid` -> last login and last logout, two big-endian u64 seconds (0: none yet).
+    /// Kept apart from the account record so that a login does not rewrite (and re-encode)
+    /// the credentials.
+    activity: sled::Tree,
     /// Instant-messaging data, one tree per kind (see roster.rs, offline.rs, ...).
     pub(super) im: super::ImTrees,
     pub(super) rooms: sled::Tree,
@@ -59,12 +63,14 @@ impl Store {
 
     fn with_trees(db: sled::Db) -> Result<Store, StoreError> {
         let accounts = db.open_tree("accounts")?;
+        let activity = db.open_tree("activity")?;
         let im = super::ImTrees::open(&db)?;
         let rooms = db.open_tree("rooms")?;
         let archive = super::ArchiveTrees::open(&db)?;
         Ok(Store {
             db,
             accounts,
+            activity,
             im,
             rooms,
             archive,
@@ -122,6 +128,9 @@ impl Store {
             .compare_and_swap(jid.as_bytes(), None as Option<&[u8]>, Some(value))?
         {
             Ok(()) => {
+                // A previous account of the same name left its times behind if a session
+                // ended after the deletion: they are not this account's.
+                self.activity.remove(jid.as_bytes())?;
                 self.accounts.flush()?;
                 Ok(())
             }
@@ -176,11 +185,56 @@ impl Store {
     pub fn delete_account(&self, jid: &str) -> Result<(), StoreError> {
         match self.accounts.remove(jid.as_bytes())? {
             Some(_) => {
+                self.activity.remove(jid.as_bytes())?;
                 self.accounts.flush()?;
                 Ok(())
             }
             None => Err(StoreError::NoSuchAccount),
         }
+    }
+
+    /// Records a login (`logout == false`) or a logout time.
+    ///
+    /// Not flushed: these times are informational (XEP-0012 last activity, the admin
+    /// "last login" command) and sled's background flusher writes them out within half a
+    /// second, so a crash loses at most that much of them. Logins and logouts, the most
+    /// frequent writes a server makes, thus never wait for the disk or for sled's writer
+    /// threads.
+    pub fn record_activity(&self, jid: &str, logout: bool, at: u64) -> Result<(), StoreError> {
+        if !self.accounts.contains_key(jid.as_bytes())? {
+            return Ok(());
+        }
+        self.activity.fetch_and_update(jid.as_bytes(), |old| {
+            let (mut login, mut out) = old.map(decode_activity).unwrap_or((0, 0));
+            match logout {
+                false => login = at,
+                true => out = at,
+            }
+            let mut v = [0u8; 16];
+            v[..8].copy_from_slice(&login.to_be_bytes());
+            v[8..].copy_from_slice(&out.to_be_bytes());
+            Some(v.to_vec())
+        })?;
+        Ok(())
+    }
+
+    /// The last login and logout times, either `None` if never recorded.
+    pub fn activity(&self, jid: &str) -> Result<(Option<u64>, Option<u64>), StoreError> {
+        let recorded = self
+            .activity
+            .get(jid.as_bytes())?
+            .map(|v| decode_activity(&v))
+            .unwrap_or((0, 0));
+        let some = |t: u64| (t != 0).then_some(t);
+        let (mut login, mut logout) = (some(recorded.0), some(recorded.1));
+        if login.is_none() || logout.is_none() {
+            // Data written before the activity tree existed kept the times in the account.
+            if let Some(a) = self.account(jid)? {
+                login = login.or(a.last_login);
+                logout = logout.or(a.last_logout);
+            }
+        }
+        Ok((login, logout))
     }
 
     /// Every account's bare JID, sorted.
@@ -201,6 +255,17 @@ impl Store {
     pub fn account_count(&self) -> usize {
         self.accounts.len()
     }
+}
+
+/// A record of the activity tree; anything malformed reads as "never".
+fn decode_activity(v: &[u8]) -> (u64, u64) {
+    let half = |r: std::ops::Range<usize>| {
+        v.get(r)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0)
+    };
+    (half(0..8), half(8..16))
 }
 
 fn decode_u32(v: &[u8]) -> Option<u32> {
@@ -237,6 +302,21 @@ mod tests {
             store.create_account("alice@localhost", creds.clone()),
             Err(StoreError::AccountExists)
         ));
+        assert_eq!(store.activity("alice@localhost").unwrap(), (None, None));
+        store
+            .record_activity("alice@localhost", false, 100)
+            .unwrap();
+        store.record_activity("alice@localhost", true, 200).unwrap();
+        store
+            .record_activity("alice@localhost", false, 300)
+            .unwrap();
+        assert_eq!(
+            store.activity("alice@localhost").unwrap(),
+            (Some(300), Some(200))
+        );
+        // Nothing is recorded for an account that does not exist.
+        store.record_activity("nobody@localhost", true, 1).unwrap();
+        assert_eq!(store.activity("nobody@localhost").unwrap(), (None, None));
         store.set_disabled("alice@localhost", true).unwrap();
         let a = store.account("alice@localhost").unwrap().unwrap();
         assert!(a.disabled);
@@ -244,6 +324,7 @@ mod tests {
         assert_eq!(store.account_jids().unwrap(), vec!["alice@localhost"]);
         store.delete_account("alice@localhost").unwrap();
         assert!(store.account("alice@localhost").unwrap().is_none());
+        assert_eq!(store.activity("alice@localhost").unwrap(), (None, None));
         assert!(matches!(
             store.delete_account("alice@localhost"),
             Err(StoreError::NoSuchAccount)

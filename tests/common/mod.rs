@@ -279,6 +279,11 @@ impl Client {
         self.reader.reset();
     }
 
+    /// Expects a new stream from the server (after SASL success).
+    pub fn restart(&mut self) {
+        self.reader.reset();
+    }
+
     pub async fn send(&mut self, data: &str) {
         self.send_bytes(data.as_bytes()).await;
     }
