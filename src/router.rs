@@ -6,6 +6,7 @@
 //! messages to offline users, handed to the offline-storage hook) — never dropped
 //! silently, except where the RFC says to ignore (errors, headlines to nobody).
 
+use crate::jidext::JidExt;
 use crate::module::{Filtered, IqKind, IqRequest, IqTarget, PresenceEvent, Verdict};
 use crate::sessions::{Resource, SendError, SessionHandle};
 use crate::stanza::{error_reply, iq_result, Kind, StanzaError};
@@ -43,12 +44,23 @@ pub fn classify(server: &ServerState, to: &Jid) -> Destination {
 /// (blocking), the IM module's outbound presence processing (subscriptions, directed
 /// presence) and message hooks (carbons) run here, then the stanza is routed.
 pub fn from_client(server: &ServerState, handle: &SessionHandle, stanza: Element) {
-    let kind = Kind::of(&stanza);
     let to = match stanza.attr("to").map(Jid::new) {
         Some(Ok(to)) => Some(to),
         Some(Err(_)) => return bounce(server, &stanza, StanzaError::jid_malformed()),
         None => None,
     };
+    from_client_parsed(server, handle, stanza, to)
+}
+
+/// [`from_client`] when the session has parsed the stanza's `to` already (`to` must be
+/// that attribute, parsed).
+pub fn from_client_parsed(
+    server: &ServerState,
+    handle: &SessionHandle,
+    stanza: Element,
+    to: Option<Jid>,
+) {
+    let kind = Kind::of(&stanza);
     if let Some(to) = &to {
         let filtered = Filtered::Outbound {
             handle,
@@ -132,10 +144,18 @@ pub fn route(server: &ServerState, stanza: Element) {
     route_parsed(server, kind, from, to, stanza)
 }
 
-/// `route` once `from` and `to` (the stanza's own attributes) are parsed.
-fn route_parsed(server: &ServerState, kind: Kind, from: Jid, to: Option<Jid>, stanza: Element) {
+/// `route` once `from` and `to` (the stanza's own attributes) are parsed. Local services
+/// that send many stanzas from one JID (a MUC room's fan-out) parse it once and call
+/// this directly.
+pub(crate) fn route_parsed(
+    server: &ServerState,
+    kind: Kind,
+    from: Jid,
+    to: Option<Jid>,
+    stanza: Element,
+) {
     // No `to` means the sender's own account (RFC 6120 §10.3).
-    let to = to.unwrap_or_else(|| Jid::from(from.to_bare()));
+    let to = to.unwrap_or_else(|| Jid::from(from.bare()));
     match classify(server, &to) {
         Destination::Server => to_server(server, kind, &from, &to, stanza),
         Destination::LocalBare(bare) => {
@@ -145,9 +165,10 @@ fn route_parsed(server: &ServerState, kind: Kind, from: Jid, to: Option<Jid>, st
             }
         }
         Destination::LocalFull(full) => {
-            if inbound_allowed(server, &from, &full.to_bare(), &stanza) {
-                let stanza = inbound_message(server, kind, &full.to_bare(), stanza);
-                to_full(server, kind, &from, full, stanza)
+            let bare = full.bare();
+            if inbound_allowed(server, &from, &bare, &stanza) {
+                let stanza = inbound_message(server, kind, &bare, stanza);
+                to_full(server, kind, &from, full, bare, stanza)
             }
         }
         Destination::Service(domain) => server.registry.deliver_to_domain(server, &domain, stanza),
@@ -285,8 +306,15 @@ pub fn offline(server: &ServerState, stanza: Element) {
     }
 }
 
-/// RFC 6121 §8.5.3.
-fn to_full(server: &ServerState, kind: Kind, from: &Jid, full: FullJid, stanza: Element) {
+/// RFC 6121 §8.5.3. `bare` is `full` without its resource.
+fn to_full(
+    server: &ServerState,
+    kind: Kind,
+    from: &Jid,
+    full: FullJid,
+    bare: BareJid,
+    stanza: Element,
+) {
     let ty = stanza.attr("type").unwrap_or("");
     // Subscription stanzas and probes concern the account, whatever resource they name
     // (RFC 6121 §3.1.3, §4.3.2): the IM module handles them at the bare JID.
@@ -296,16 +324,15 @@ fn to_full(server: &ServerState, kind: Kind, from: &Jid, full: FullJid, stanza: 
             "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" | "probe"
         )
     {
-        return to_bare(server, kind, from, full.to_bare(), stanza);
+        return to_bare(server, kind, from, bare, stanza);
     }
-    if let Some(handle) = server.sessions.handle(&full) {
-        let is_message = kind == Kind::Message;
-        let copy = is_message.then(|| stanza.clone());
+    if let Some((handle, copies)) = server.sessions.delivery_handle(&full) {
+        // The delivery hooks (carbons) act only for other resources that asked for
+        // copies; without one, the message is not copied for them at all.
+        let copy = (kind == Kind::Message && copies).then(|| stanza.clone());
         if send_or_fallback(server, &handle, stanza, false) {
             if let Some(m) = copy {
-                server
-                    .registry
-                    .run_delivered(server, &full.to_bare(), &m, &[handle.id]);
+                server.registry.run_delivered(server, &bare, &m, &[handle.id]);
             }
         }
         return;
@@ -315,7 +342,7 @@ fn to_full(server: &ServerState, kind: Kind, from: &Jid, full: FullJid, stanza: 
         Kind::Message => match ty {
             "error" | "headline" => {}
             "groupchat" => bounce(server, &stanza, StanzaError::service_unavailable()),
-            _ => to_bare(server, kind, from, full.to_bare(), stanza),
+            _ => to_bare(server, kind, from, bare, stanza),
         },
         // Available and unavailable presence for a resource that is gone is dropped
         // (§8.5.3.2.2); the subscription types were handled above.
