@@ -26,12 +26,17 @@ pub enum Destination {
 }
 
 pub fn classify(server: &ServerState, to: &Jid) -> Destination {
+    classify_owned(server, to.clone())
+}
+
+/// [`classify`], keeping the JID's string for a local destination instead of copying it.
+fn classify_owned(server: &ServerState, to: Jid) -> Destination {
     let domain = to.domain().as_str();
     if domain == server.config.domain {
-        match (to.node(), to.clone().try_into_full()) {
-            (None, _) => Destination::Server,
-            (Some(_), Ok(full)) => Destination::LocalFull(full),
-            (Some(_), Err(bare)) => Destination::LocalBare(bare),
+        match (to.node().is_some(), to.try_into_full()) {
+            (false, _) => Destination::Server,
+            (true, Ok(full)) => Destination::LocalFull(full),
+            (true, Err(bare)) => Destination::LocalBare(bare),
         }
     } else if server.registry.has_domain(domain) {
         Destination::Service(domain.to_string())
@@ -102,7 +107,7 @@ pub fn from_client_parsed(
         (Some(kind @ (Kind::Message | Kind::Iq)), to)
             if stanza.attr("from") == Some(handle.jid.as_str()) =>
         {
-            route_parsed(server, kind, Jid::from(handle.jid.clone()), to, stanza)
+            route_parsed(server, kind, &handle.jid, to, stanza)
         }
         _ => route(server, stanza),
     }
@@ -141,7 +146,7 @@ pub fn route(server: &ServerState, stanza: Element) {
             Err(_) => return bounce(server, &stanza, StanzaError::jid_malformed()),
         },
     };
-    route_parsed(server, kind, from, to, stanza)
+    route_parsed(server, kind, &from, to, stanza)
 }
 
 /// `route` once `from` and `to` (the stanza's own attributes) are parsed. Local services
@@ -150,25 +155,31 @@ pub fn route(server: &ServerState, stanza: Element) {
 pub(crate) fn route_parsed(
     server: &ServerState,
     kind: Kind,
-    from: Jid,
+    from: &Jid,
     to: Option<Jid>,
     stanza: Element,
 ) {
     // No `to` means the sender's own account (RFC 6120 §10.3).
     let to = to.unwrap_or_else(|| Jid::from(from.bare()));
-    match classify(server, &to) {
-        Destination::Server => to_server(server, kind, &from, &to, stanza),
+    if to.node().is_none() && to.domain().as_str() == server.config.domain {
+        return to_server(server, kind, from, &to, stanza);
+    }
+    match classify_owned(server, to) {
+        Destination::Server => {
+            // Handled above: the server's own JID is all that classifies as this.
+            tracing::warn!("stanza to the server reached the wrong branch; dropped");
+        }
         Destination::LocalBare(bare) => {
-            if inbound_allowed(server, &from, &bare, &stanza) {
+            if inbound_allowed(server, from, &bare, &stanza) {
                 let stanza = inbound_message(server, kind, &bare, stanza);
-                to_bare(server, kind, &from, bare, stanza)
+                to_bare(server, kind, from, bare, stanza)
             }
         }
         Destination::LocalFull(full) => {
             let bare = full.bare();
-            if inbound_allowed(server, &from, &bare, &stanza) {
+            if inbound_allowed(server, from, &bare, &stanza) {
                 let stanza = inbound_message(server, kind, &bare, stanza);
-                to_full(server, kind, &from, full, bare, stanza)
+                to_full(server, kind, from, full, bare, stanza)
             }
         }
         Destination::Service(domain) => server.registry.deliver_to_domain(server, &domain, stanza),
@@ -332,7 +343,9 @@ fn to_full(
         let copy = (kind == Kind::Message && copies).then(|| stanza.clone());
         if send_or_fallback(server, &handle, stanza, false) {
             if let Some(m) = copy {
-                server.registry.run_delivered(server, &bare, &m, &[handle.id]);
+                server
+                    .registry
+                    .run_delivered(server, &bare, &m, &[handle.id]);
             }
         }
         return;

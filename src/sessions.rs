@@ -328,9 +328,7 @@ impl Sessions {
         let shard = self.shard(bare);
         let list = shard.get(bare)?;
         let handle = list.iter().find(|r| &r.handle.jid == full)?.handle.clone();
-        let copies = list
-            .iter()
-            .any(|r| r.carbons && r.handle.id != handle.id);
+        let copies = list.iter().any(|r| r.carbons && r.handle.id != handle.id);
         Some((handle, copies))
     }
 

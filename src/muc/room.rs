@@ -784,7 +784,7 @@ impl Room {
                     Some(from) => route_parsed(
                         server,
                         Kind::Message,
-                        from.clone(),
+                        from,
                         Some(Jid::from(s.clone())),
                         copy,
                     ),

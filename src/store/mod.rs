@@ -49,7 +49,7 @@ impl ImTrees {
             offline: db.open_tree("offline")?,
             vcard: db.open_tree("vcard")?,
             private: db.open_tree("private")?,
-            blocklists: std::sync::Arc::new(blocking_count(&db)?.into()),
+            blocklists: std::sync::Arc::new(blocking_count(db)?.into()),
             blocking: db.open_tree("blocking")?,
             last_presence: db.open_tree("last_presence")?,
         })

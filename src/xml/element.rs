@@ -237,16 +237,23 @@ impl fmt::Display for Element {
 
 /// Escapes XML character data (or an attribute value, which also escapes quotes).
 pub fn escape_into(out: &mut Vec<u8>, s: &str, attr: bool) {
-    for b in s.bytes() {
-        match b {
-            b'<' => out.extend_from_slice(b"&lt;"),
-            b'>' => out.extend_from_slice(b"&gt;"),
-            b'&' => out.extend_from_slice(b"&amp;"),
-            b'"' if attr => out.extend_from_slice(b"&quot;"),
-            b'\'' if attr => out.extend_from_slice(b"&apos;"),
-            _ => out.push(b),
-        }
+    // Runs of bytes that need no escaping (nearly all of them) are copied whole.
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let replacement: &[u8] = match b {
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'&' => b"&amp;",
+            b'"' if attr => b"&quot;",
+            b'\'' if attr => b"&apos;",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(replacement);
+        start = i + 1;
     }
+    out.extend_from_slice(&bytes[start..]);
 }
 
 pub fn escape(s: &str) -> String {
