@@ -165,6 +165,12 @@ impl ControlRx {
     pub fn try_recv(&mut self) -> Result<Control, mpsc::error::TryRecvError> {
         self.0.take().ok_or(mpsc::error::TryRecvError::Empty)
     }
+
+    /// Another receiving end of the same slot, for a wait that must not borrow the
+    /// session's own (whichever end takes the order first gets it).
+    pub fn watcher(&self) -> ControlRx {
+        ControlRx(self.0.clone())
+    }
 }
 
 /// A bare JID as a map key that can be looked up by its string, so that the message

@@ -767,12 +767,20 @@ async fn session_loop(
     let mut last_event = tokio::time::Instant::now();
     let idle_timer = tokio::time::sleep_until(last_event + idle);
     tokio::pin!(idle_timer);
+    // Likewise the waits for a close order and for shutdown: made once, they register
+    // with their notifier once, instead of registering and unregistering on every event.
+    // Either ends the loop when it completes, so neither is polled again after that.
+    let mut control = live.channels.control.watcher();
+    let control_order = control.recv();
+    tokio::pin!(control_order);
+    let shutdown_signal = shutdown.changed();
+    tokio::pin!(shutdown_signal);
     loop {
         let takeover = live.sm.as_mut().and_then(|s| s.takeover.as_mut());
         let ev = tokio::select! {
             biased;
-            ctl = live.channels.control.recv() => Ev::Control(ctl),
-            _ = shutdown.changed() => Ev::Shutdown,
+            ctl = &mut control_order => Ev::Control(ctl),
+            _ = &mut shutdown_signal => Ev::Shutdown,
             req = async {
                 match takeover {
                     Some(rx) => rx.recv().await,
