@@ -29,7 +29,7 @@ use std::mem;
 
 use thiserror::Error;
 
-use super::element::Element;
+use super::element::{Element, IntoText};
 
 /// Namespace of the stream root and of `<stream:features/>`, `<stream:error/>`.
 pub const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
@@ -885,13 +885,13 @@ impl StreamReader {
             Some(p) => self.resolve_prefix(p)?,
             None => self.lookup("").unwrap_or(""),
         }
-        .to_owned();
-        let local = local.to_owned();
+        .into_text();
+        let local = local.into_text();
 
         if self.phase == Phase::Prolog && !self.document {
             let header = StreamHeader {
-                name: local,
-                ns,
+                name: local.into_owned(),
+                ns: ns.into_owned(),
                 default_ns: self.lookup("").unwrap_or("").to_owned(),
                 attrs,
                 namespaces: self.scope[mark..].to_vec(),
