@@ -11,6 +11,7 @@ pub mod datetime;
 pub mod forms;
 pub mod http;
 pub mod im;
+pub mod jidext;
 pub mod module;
 pub mod muc;
 pub mod net;

@@ -305,6 +305,9 @@ impl Registry {
     }
 
     /// Called after a message was handed to some of an account's sessions (their ids).
+    /// For a message to a full JID it runs only when another resource of the account
+    /// has asked for carbon copies (the router skips copying the message otherwise):
+    /// these hooks are for copies to the account's other resources.
     pub fn on_message_delivered(
         &mut self,
         f: impl Fn(&ServerState, &BareJid, &Element, &[u64]) + Send + Sync + 'static,

@@ -6,6 +6,7 @@
 //! messages to offline users, handed to the offline-storage hook) — never dropped
 //! silently, except where the RFC says to ignore (errors, headlines to nobody).
 
+use crate::jidext::JidExt;
 use crate::module::{Filtered, IqKind, IqRequest, IqTarget, PresenceEvent, Verdict};
 use crate::sessions::{Resource, SendError, SessionHandle};
 use crate::stanza::{error_reply, iq_result, Kind, StanzaError};
@@ -25,12 +26,17 @@ pub enum Destination {
 }
 
 pub fn classify(server: &ServerState, to: &Jid) -> Destination {
+    classify_owned(server, to.clone())
+}
+
+/// [`classify`], keeping the JID's string for a local destination instead of copying it.
+fn classify_owned(server: &ServerState, to: Jid) -> Destination {
     let domain = to.domain().as_str();
     if domain == server.config.domain {
-        match (to.node(), to.clone().try_into_full()) {
-            (None, _) => Destination::Server,
-            (Some(_), Ok(full)) => Destination::LocalFull(full),
-            (Some(_), Err(bare)) => Destination::LocalBare(bare),
+        match (to.node().is_some(), to.try_into_full()) {
+            (false, _) => Destination::Server,
+            (true, Ok(full)) => Destination::LocalFull(full),
+            (true, Err(bare)) => Destination::LocalBare(bare),
         }
     } else if server.registry.has_domain(domain) {
         Destination::Service(domain.to_string())
@@ -43,12 +49,23 @@ pub fn classify(server: &ServerState, to: &Jid) -> Destination {
 /// (blocking), the IM module's outbound presence processing (subscriptions, directed
 /// presence) and message hooks (carbons) run here, then the stanza is routed.
 pub fn from_client(server: &ServerState, handle: &SessionHandle, stanza: Element) {
-    let kind = Kind::of(&stanza);
     let to = match stanza.attr("to").map(Jid::new) {
         Some(Ok(to)) => Some(to),
         Some(Err(_)) => return bounce(server, &stanza, StanzaError::jid_malformed()),
         None => None,
     };
+    from_client_parsed(server, handle, stanza, to)
+}
+
+/// [`from_client`] when the session has parsed the stanza's `to` already (`to` must be
+/// that attribute, parsed).
+pub fn from_client_parsed(
+    server: &ServerState,
+    handle: &SessionHandle,
+    stanza: Element,
+    to: Option<Jid>,
+) {
+    let kind = Kind::of(&stanza);
     if let Some(to) = &to {
         let filtered = Filtered::Outbound {
             handle,
@@ -90,7 +107,7 @@ pub fn from_client(server: &ServerState, handle: &SessionHandle, stanza: Element
         (Some(kind @ (Kind::Message | Kind::Iq)), to)
             if stanza.attr("from") == Some(handle.jid.as_str()) =>
         {
-            route_parsed(server, kind, Jid::from(handle.jid.clone()), to, stanza)
+            route_parsed(server, kind, &handle.jid, to, stanza)
         }
         _ => route(server, stanza),
     }
@@ -129,25 +146,40 @@ pub fn route(server: &ServerState, stanza: Element) {
             Err(_) => return bounce(server, &stanza, StanzaError::jid_malformed()),
         },
     };
-    route_parsed(server, kind, from, to, stanza)
+    route_parsed(server, kind, &from, to, stanza)
 }
 
-/// `route` once `from` and `to` (the stanza's own attributes) are parsed.
-fn route_parsed(server: &ServerState, kind: Kind, from: Jid, to: Option<Jid>, stanza: Element) {
+/// `route` once `from` and `to` (the stanza's own attributes) are parsed. Local services
+/// that send many stanzas from one JID (a MUC room's fan-out) parse it once and call
+/// this directly.
+pub(crate) fn route_parsed(
+    server: &ServerState,
+    kind: Kind,
+    from: &Jid,
+    to: Option<Jid>,
+    stanza: Element,
+) {
     // No `to` means the sender's own account (RFC 6120 §10.3).
-    let to = to.unwrap_or_else(|| Jid::from(from.to_bare()));
-    match classify(server, &to) {
-        Destination::Server => to_server(server, kind, &from, &to, stanza),
+    let to = to.unwrap_or_else(|| Jid::from(from.bare()));
+    if to.node().is_none() && to.domain().as_str() == server.config.domain {
+        return to_server(server, kind, from, &to, stanza);
+    }
+    match classify_owned(server, to) {
+        Destination::Server => {
+            // Handled above: the server's own JID is all that classifies as this.
+            tracing::warn!("stanza to the server reached the wrong branch; dropped");
+        }
         Destination::LocalBare(bare) => {
-            if inbound_allowed(server, &from, &bare, &stanza) {
+            if inbound_allowed(server, from, &bare, &stanza) {
                 let stanza = inbound_message(server, kind, &bare, stanza);
-                to_bare(server, kind, &from, bare, stanza)
+                to_bare(server, kind, from, bare, stanza)
             }
         }
         Destination::LocalFull(full) => {
-            if inbound_allowed(server, &from, &full.to_bare(), &stanza) {
-                let stanza = inbound_message(server, kind, &full.to_bare(), stanza);
-                to_full(server, kind, &from, full, stanza)
+            let bare = full.bare();
+            if inbound_allowed(server, from, &bare, &stanza) {
+                let stanza = inbound_message(server, kind, &bare, stanza);
+                to_full(server, kind, from, full, bare, stanza)
             }
         }
         Destination::Service(domain) => server.registry.deliver_to_domain(server, &domain, stanza),
@@ -285,8 +317,15 @@ pub fn offline(server: &ServerState, stanza: Element) {
     }
 }
 
-/// RFC 6121 §8.5.3.
-fn to_full(server: &ServerState, kind: Kind, from: &Jid, full: FullJid, stanza: Element) {
+/// RFC 6121 §8.5.3. `bare` is `full` without its resource.
+fn to_full(
+    server: &ServerState,
+    kind: Kind,
+    from: &Jid,
+    full: FullJid,
+    bare: BareJid,
+    stanza: Element,
+) {
     let ty = stanza.attr("type").unwrap_or("");
     // Subscription stanzas and probes concern the account, whatever resource they name
     // (RFC 6121 §3.1.3, §4.3.2): the IM module handles them at the bare JID.
@@ -296,16 +335,17 @@ fn to_full(server: &ServerState, kind: Kind, from: &Jid, full: FullJid, stanza: 
             "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" | "probe"
         )
     {
-        return to_bare(server, kind, from, full.to_bare(), stanza);
+        return to_bare(server, kind, from, bare, stanza);
     }
-    if let Some(handle) = server.sessions.handle(&full) {
-        let is_message = kind == Kind::Message;
-        let copy = is_message.then(|| stanza.clone());
+    if let Some((handle, copies)) = server.sessions.delivery_handle(&full) {
+        // The delivery hooks (carbons) act only for other resources that asked for
+        // copies; without one, the message is not copied for them at all.
+        let copy = (kind == Kind::Message && copies).then(|| stanza.clone());
         if send_or_fallback(server, &handle, stanza, false) {
             if let Some(m) = copy {
                 server
                     .registry
-                    .run_delivered(server, &full.to_bare(), &m, &[handle.id]);
+                    .run_delivered(server, &bare, &m, &[handle.id]);
             }
         }
         return;
@@ -315,7 +355,7 @@ fn to_full(server: &ServerState, kind: Kind, from: &Jid, full: FullJid, stanza: 
         Kind::Message => match ty {
             "error" | "headline" => {}
             "groupchat" => bounce(server, &stanza, StanzaError::service_unavailable()),
-            _ => to_bare(server, kind, from, full.to_bare(), stanza),
+            _ => to_bare(server, kind, from, bare, stanza),
         },
         // Available and unavailable presence for a resource that is gone is dropped
         // (§8.5.3.2.2); the subscription types were handled above.

@@ -4,9 +4,11 @@
 //! lives. The map is sharded so that logins on different users do not contend, and no
 //! lock is ever held across an `.await` (every method here is synchronous).
 
+use crate::jidext::JidExt;
 use crate::stanza::StreamError;
 use crate::xml::Element;
 use jid::{BareJid, FullJid};
+use std::borrow::Borrow;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -163,10 +165,36 @@ impl ControlRx {
     pub fn try_recv(&mut self) -> Result<Control, mpsc::error::TryRecvError> {
         self.0.take().ok_or(mpsc::error::TryRecvError::Empty)
     }
+
+    /// Another receiving end of the same slot, for a wait that must not borrow the
+    /// session's own (whichever end takes the order first gets it).
+    pub fn watcher(&self) -> ControlRx {
+        ControlRx(self.0.clone())
+    }
 }
 
+/// A bare JID as a map key that can be looked up by its string, so that the message
+/// path finds a full JID's account by slicing its string instead of building a
+/// `BareJid` (hash and equality are those of the normalised string).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Key(BareJid);
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.as_str().hash(state)
+    }
+}
+
+impl Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+type Shard = HashMap<Key, Vec<Resource>>;
+
 pub struct Sessions {
-    shards: Vec<Mutex<HashMap<BareJid, Vec<Resource>>>>,
+    shards: Vec<Mutex<Shard>>,
     next_id: AtomicU64,
     queue: usize,
 }
@@ -180,7 +208,7 @@ impl Sessions {
         }
     }
 
-    fn shard(&self, bare: &BareJid) -> MutexGuard<'_, HashMap<BareJid, Vec<Resource>>> {
+    fn shard(&self, bare: &str) -> MutexGuard<'_, Shard> {
         let mut h = DefaultHasher::new();
         bare.hash(&mut h);
         let shard = &self.shards[(h.finish() as usize) % SHARDS];
@@ -200,9 +228,9 @@ impl Sessions {
             tx,
             control: control.clone(),
         };
-        let bare = jid.to_bare();
-        let mut shard = self.shard(&bare);
-        let list = shard.entry(bare).or_default();
+        let bare = jid.bare();
+        let mut shard = self.shard(bare.as_str());
+        let list = shard.entry(Key(bare)).or_default();
         if let Some(pos) = list.iter().position(|r| r.handle.jid == jid) {
             let old = list.remove(pos);
             old.handle
@@ -228,23 +256,23 @@ impl Sessions {
 
     /// Removes a session (only if it is still the one registered under its JID).
     pub fn unbind(&self, handle: &SessionHandle) -> Option<Resource> {
-        let bare = handle.jid.to_bare();
-        let mut shard = self.shard(&bare);
-        let list = shard.get_mut(&bare)?;
+        let bare = handle.jid.bare_str();
+        let mut shard = self.shard(bare);
+        let list = shard.get_mut(bare)?;
         let pos = list.iter().position(|r| r.handle.id == handle.id)?;
         let removed = list.remove(pos);
         if list.is_empty() {
-            shard.remove(&bare);
+            shard.remove(bare);
         }
         Some(removed)
     }
 
     /// Records a presence change; returns whether the resource was available before.
     pub fn set_presence(&self, handle: &SessionHandle, presence: Option<&Element>) -> bool {
-        let bare = handle.jid.to_bare();
-        let mut shard = self.shard(&bare);
+        let bare = handle.jid.bare_str();
+        let mut shard = self.shard(bare);
         let Some(res) = shard
-            .get_mut(&bare)
+            .get_mut(bare)
             .and_then(|l| l.iter_mut().find(|r| r.handle.id == handle.id))
         else {
             return false;
@@ -270,34 +298,44 @@ impl Sessions {
     /// Changes one resource in place; returns what `f` returned, or `None` if the
     /// resource is not bound.
     pub fn update<T>(&self, full: &FullJid, f: impl FnOnce(&mut Resource) -> T) -> Option<T> {
-        let bare = full.to_bare();
-        let mut shard = self.shard(&bare);
+        let bare = full.bare_str();
+        let mut shard = self.shard(bare);
         shard
-            .get_mut(&bare)
+            .get_mut(bare)
             .and_then(|l| l.iter_mut().find(|r| &r.handle.jid == full))
             .map(f)
     }
 
     pub fn resources(&self, bare: &BareJid) -> Vec<Resource> {
-        self.shard(bare).get(bare).cloned().unwrap_or_default()
+        self.shard(bare.as_str())
+            .get(bare.as_str())
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn get(&self, full: &FullJid) -> Option<Resource> {
-        let bare = full.to_bare();
-        self.shard(&bare)
-            .get(&bare)
+        let bare = full.bare_str();
+        self.shard(bare)
+            .get(bare)
             .and_then(|l| l.iter().find(|r| &r.handle.jid == full).cloned())
     }
 
     /// The queue handle of one resource, without copying the rest of its record (the
     /// per-message path needs nothing else).
     pub fn handle(&self, full: &FullJid) -> Option<SessionHandle> {
-        let bare = full.to_bare();
-        self.shard(&bare).get(&bare).and_then(|l| {
-            l.iter()
-                .find(|r| &r.handle.jid == full)
-                .map(|r| r.handle.clone())
-        })
+        self.delivery_handle(full).map(|(h, _)| h)
+    }
+
+    /// The queue handle of one resource, and whether another resource of the same
+    /// account asked for carbon copies (XEP-0280): the router copies a delivered message
+    /// for the delivery hooks only then. One shard lookup, no allocation.
+    pub fn delivery_handle(&self, full: &FullJid) -> Option<(SessionHandle, bool)> {
+        let bare = full.bare_str();
+        let shard = self.shard(bare);
+        let list = shard.get(bare)?;
+        let handle = list.iter().find(|r| &r.handle.jid == full)?.handle.clone();
+        let copies = list.iter().any(|r| r.carbons && r.handle.id != handle.id);
+        Some((handle, copies))
     }
 
     /// The handles of an account's resources that satisfy `pred`; cheaper than
@@ -307,7 +345,7 @@ impl Sessions {
         bare: &BareJid,
         pred: impl Fn(&Resource) -> bool,
     ) -> Vec<SessionHandle> {
-        match self.shard(bare).get(bare) {
+        match self.shard(bare.as_str()).get(bare.as_str()) {
             Some(list) => list
                 .iter()
                 .filter(|r| pred(r))
@@ -318,7 +356,7 @@ impl Sessions {
     }
 
     pub fn is_online(&self, bare: &BareJid) -> bool {
-        self.shard(bare).contains_key(bare)
+        self.shard(bare.as_str()).contains_key(bare.as_str())
     }
 
     /// Every online session (administration, shutdown).

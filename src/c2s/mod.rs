@@ -764,16 +764,32 @@ async fn session_loop(
         Control(Option<Control>),
         Shutdown,
         Out(Option<Outbound>),
-        Read(Result<Result<(), C2sError>, tokio::time::error::Elapsed>),
+        Read(Result<(), C2sError>),
         Takeover(Option<sm::TakeoverRequest>),
+        Idle,
     }
+    // The idle timeout counts from the end of the last event handled. One timer lives as
+    // long as the loop and is only moved when it fires early: arming a fresh timeout for
+    // every event (registering it with the runtime's timer wheel and removing it again)
+    // cost more than the rest of an event's bookkeeping.
     let idle = Duration::from_secs(server.config.limits.idle_timeout_secs);
+    let mut last_event = tokio::time::Instant::now();
+    let idle_timer = tokio::time::sleep_until(last_event + idle);
+    tokio::pin!(idle_timer);
+    // Likewise the waits for a close order and for shutdown: made once, they register
+    // with their notifier once, instead of registering and unregistering on every event.
+    // Either ends the loop when it completes, so neither is polled again after that.
+    let mut control = live.channels.control.watcher();
+    let control_order = control.recv();
+    tokio::pin!(control_order);
+    let shutdown_signal = shutdown.changed();
+    tokio::pin!(shutdown_signal);
     loop {
         let takeover = live.sm.as_mut().and_then(|s| s.takeover.as_mut());
         let ev = tokio::select! {
             biased;
-            ctl = live.channels.control.recv() => Ev::Control(ctl),
-            _ = shutdown.changed() => Ev::Shutdown,
+            ctl = &mut control_order => Ev::Control(ctl),
+            _ = &mut shutdown_signal => Ev::Shutdown,
             req = async {
                 match takeover {
                     Some(rx) => rx.recv().await,
@@ -781,9 +797,19 @@ async fn session_loop(
                 }
             } => Ev::Takeover(req),
             out = live.channels.rx.recv() => Ev::Out(out),
-            read = tokio::time::timeout(idle, conn.read_some()) => Ev::Read(read),
+            read = conn.read_some() => Ev::Read(read),
+            () = &mut idle_timer => Ev::Idle,
         };
         match ev {
+            Ev::Idle => {
+                let due = last_event + idle;
+                if tokio::time::Instant::now() >= due {
+                    return End::Lost(C2sError::Stream(StreamError::new("connection-timeout")));
+                }
+                idle_timer.as_mut().reset(due);
+                // Not an event: the deadline stays where it is.
+                continue;
+            }
             Ev::Control(Some(Control::Close(err))) => {
                 // What was queued before the order (a reply, an announcement) still
                 // goes out ahead of the stream error.
@@ -823,11 +849,8 @@ async fn session_loop(
                     return End::Lost(e);
                 }
             }
-            Ev::Read(Err(_)) => {
-                return End::Lost(C2sError::Stream(StreamError::new("connection-timeout")))
-            }
-            Ev::Read(Ok(Err(e))) => return End::Lost(e),
-            Ev::Read(Ok(Ok(()))) => {
+            Ev::Read(Err(e)) => return End::Lost(e),
+            Ev::Read(Ok(())) => {
                 if let Err(e) = drain_events(server, conn, live) {
                     return End::Over(e);
                 }
@@ -852,6 +875,7 @@ async fn session_loop(
                 }
             }
         }
+        last_event = tokio::time::Instant::now();
     }
 }
 
@@ -972,11 +996,15 @@ fn client_stanza(
         }
     }
     el.set_attr("from", handle.jid.as_str());
+    let mut to_jid = None;
     if let Some(to) = el.attr("to") {
         match Jid::new(to) {
             Ok(j) => {
-                let normalised = j.as_str().to_string();
-                el.set_attr("to", normalised);
+                if j.as_str() != to {
+                    let normalised = j.as_str().to_string();
+                    el.set_attr("to", normalised);
+                }
+                to_jid = Some(j);
             }
             Err(_) => {
                 tracing::debug!(to, "stanza with a malformed to");
@@ -1032,7 +1060,8 @@ fn client_stanza(
             }
         }
     }
-    router::from_client(server, handle, el);
+    // The router is handed the parsed `to`, so it does not prepare the JID again.
+    router::from_client_parsed(server, handle, el, to_jid);
     Ok(None)
 }
 

@@ -7,8 +7,8 @@ use super::history::{self, History};
 use super::perms::{self, AffPriv, Affiliation, Role, RolePriv};
 use super::Service;
 use crate::ns;
-use crate::router::{bounce, route};
-use crate::stanza::{error_reply, iq_result, StanzaError};
+use crate::router::{bounce, route, route_parsed};
+use crate::stanza::{error_reply, iq_result, Kind, StanzaError};
 use crate::store::{now_secs, AffiliationRecord, RoomRecord};
 use crate::xml::Element;
 use crate::ServerState;
@@ -800,12 +800,24 @@ impl Room {
                 .push(out.clone(), now_secs(), self.config.history_length);
         }
         // One pass over the occupants in the room's order: every stanza the room handles
-        // is fully sent before the next, so everyone sees the same sequence.
+        // is fully sent before the next, so everyone sees the same sequence. The sender's
+        // room JID is prepared once for the whole fan-out, and each recipient's JID is
+        // already a parsed FullJid, so no copy parses a JID again.
+        let from = out.attr("from").and_then(|f| Jid::new(f).ok());
         for o in &self.occupants {
             for s in &o.sessions {
                 let mut copy = out.clone();
-                copy.set_attr("to", s.to_string());
-                route(server, copy);
+                copy.set_attr("to", s.as_str());
+                match &from {
+                    Some(from) => route_parsed(
+                        server,
+                        Kind::Message,
+                        from,
+                        Some(Jid::from(s.clone())),
+                        copy,
+                    ),
+                    None => route(server, copy),
+                }
             }
         }
     }

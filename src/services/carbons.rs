@@ -2,6 +2,7 @@
 //! eligible message the account sends from another resource (`<sent/>`) or receives on
 //! another resource (`<received/>`).
 
+use crate::jidext::JidExt;
 use crate::module::{IqKind, IqTarget, Registry};
 use crate::ns;
 use crate::sessions::SessionHandle;
@@ -64,7 +65,7 @@ fn copy_to(server: &ServerState, user: &BareJid, kind: &str, msg: &Element, skip
 
 fn sent(server: &ServerState, handle: &SessionHandle, msg: &Element) {
     if eligible(msg) {
-        copy_to(server, &handle.jid.to_bare(), "sent", msg, &[handle.id]);
+        copy_to(server, &handle.jid.bare(), "sent", msg, &[handle.id]);
     }
 }
 

@@ -4,8 +4,18 @@ use super::sled_store::{decode, encode};
 use super::{Store, StoreError};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use std::sync::atomic::Ordering;
+
 impl Store {
+    /// Whether any user has a blocklist at all (then there is nothing to look up).
+    pub fn any_blocklists(&self) -> bool {
+        self.im.blocklists.load(Ordering::Acquire) > 0
+    }
+
     pub fn blocklist(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        if !self.any_blocklists() {
+            return Ok(Vec::new());
+        }
         match self.im.blocking.get(user.as_bytes())? {
             Some(v) => decode("blocking", &v),
             None => Ok(Vec::new()),
@@ -22,24 +32,43 @@ impl Store {
         // sled may run the transaction more than once; the caller's closure is FnMut.
         let f = std::cell::RefCell::new(f);
         let abort = |e: StoreError| ConflictableTransactionError::Abort(e);
+        // Besides the list, the transaction says whether the user had one stored before
+        // and has one after, for the count of users with a blocklist.
         let result = self.im.blocking.transaction(|tx| {
-            let mut list: Vec<String> = match tx.get(user.as_bytes())? {
+            let stored = tx.get(user.as_bytes())?;
+            let had = stored.is_some();
+            let mut list: Vec<String> = match stored {
                 Some(v) => decode("blocking", &v).map_err(abort)?,
                 None => Vec::new(),
             };
+            let mut has = had;
             if (f.borrow_mut())(&mut list) {
                 list.sort();
                 list.dedup();
+                has = !list.is_empty();
                 if list.is_empty() {
                     tx.remove(user.as_bytes())?;
                 } else {
                     tx.insert(user.as_bytes(), encode(&list).map_err(abort)?)?;
                 }
             }
-            Ok(list)
+            Ok((list, had, has))
         });
         let list = match result {
-            Ok(l) => l,
+            Ok((l, had, has)) => {
+                // Counted after the commit and before the caller answers the client,
+                // so every stanza routed after the answer is checked against the list.
+                match (had, has) {
+                    (false, true) => {
+                        self.im.blocklists.fetch_add(1, Ordering::AcqRel);
+                    }
+                    (true, false) => {
+                        self.im.blocklists.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    _ => {}
+                }
+                l
+            }
             Err(TransactionError::Abort(e)) => return Err(e),
             Err(TransactionError::Storage(e)) => return Err(e.into()),
         };
@@ -48,7 +77,9 @@ impl Store {
     }
 
     pub fn remove_blocklist(&self, user: &str) -> Result<(), StoreError> {
-        self.im.blocking.remove(user.as_bytes())?;
+        if self.im.blocking.remove(user.as_bytes())?.is_some() {
+            self.im.blocklists.fetch_sub(1, Ordering::AcqRel);
+        }
         Ok(())
     }
 }

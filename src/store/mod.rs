@@ -34,6 +34,10 @@ pub(crate) struct ImTrees {
     private: sled::Tree,
     /// `user` -> blocked JIDs.
     blocking: sled::Tree,
+    /// How many users have a (non-empty) blocklist. Every message is checked against
+    /// two blocklists; while nobody blocks anyone, which is the usual state of a server,
+    /// that needs no tree lookup.
+    blocklists: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// `user` -> last unavailable presence and when it was sent.
     last_presence: sled::Tree,
 }
@@ -45,10 +49,21 @@ impl ImTrees {
             offline: db.open_tree("offline")?,
             vcard: db.open_tree("vcard")?,
             private: db.open_tree("private")?,
+            blocklists: std::sync::Arc::new(blocking_count(db)?.into()),
             blocking: db.open_tree("blocking")?,
             last_presence: db.open_tree("last_presence")?,
         })
     }
+}
+
+/// Entries in the blocklist tree (only non-empty lists are stored).
+fn blocking_count(db: &sled::Db) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for entry in db.open_tree("blocking")?.iter().keys() {
+        entry?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// The message archive's trees (see archive.rs).

@@ -4,7 +4,81 @@
 //! Attributes keep their plain name (`to`, `type`); `xml:lang` keeps that spelling, and
 //! any other namespaced attribute is stored as `{uri}local`.
 
+use std::borrow::Cow;
 use std::fmt;
+
+/// An element's name or namespace. The handful that nearly every stanza carries are
+/// static strings, so building, cloning (a MUC room copies each message once per
+/// occupant) and dropping an element does not allocate or free them.
+pub type Text = Cow<'static, str>;
+
+/// The static copy of a common name or namespace.
+fn common(s: &str) -> Option<&'static str> {
+    Some(match s {
+        "jabber:client" => "jabber:client",
+        "jabber:server" => "jabber:server",
+        "message" => "message",
+        "presence" => "presence",
+        "iq" => "iq",
+        "body" => "body",
+        "thread" => "thread",
+        "subject" => "subject",
+        "show" => "show",
+        "status" => "status",
+        "priority" => "priority",
+        "x" => "x",
+        "query" => "query",
+        "error" => "error",
+        "occupant-id" => "occupant-id",
+        "urn:xmpp:occupant-id:0" => "urn:xmpp:occupant-id:0",
+        "stanza-id" => "stanza-id",
+        "urn:xmpp:sid:0" => "urn:xmpp:sid:0",
+        "delay" => "delay",
+        "urn:xmpp:delay" => "urn:xmpp:delay",
+        "active" => "active",
+        "http://jabber.org/protocol/chatstates" => "http://jabber.org/protocol/chatstates",
+        _ => return None,
+    })
+}
+
+/// A name or namespace for an element: what [`Element::new`] and [`Element::set_ns`]
+/// take (`&str`, `String`, `&String`, or an already made [`Text`]).
+pub trait IntoText {
+    fn into_text(self) -> Text;
+}
+
+impl IntoText for &str {
+    fn into_text(self) -> Text {
+        match common(self) {
+            Some(c) => Cow::Borrowed(c),
+            None => Cow::Owned(self.to_owned()),
+        }
+    }
+}
+
+impl IntoText for &String {
+    fn into_text(self) -> Text {
+        self.as_str().into_text()
+    }
+}
+
+impl IntoText for String {
+    fn into_text(self) -> Text {
+        match common(&self) {
+            Some(c) => Cow::Borrowed(c),
+            None => Cow::Owned(self),
+        }
+    }
+}
+
+impl IntoText for Text {
+    fn into_text(self) -> Text {
+        match self {
+            Cow::Borrowed(_) => self,
+            Cow::Owned(s) => s.into_text(),
+        }
+    }
+}
 
 /// One child of an element: another element or character data (already unescaped).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,17 +89,17 @@ pub enum Node {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Element {
-    name: String,
-    ns: String,
+    name: Text,
+    ns: Text,
     attrs: Vec<(String, String)>,
     children: Vec<Node>,
 }
 
 impl Element {
-    pub fn new(name: impl Into<String>, ns: impl Into<String>) -> Self {
+    pub fn new(name: impl IntoText, ns: impl IntoText) -> Self {
         Element {
-            name: name.into(),
-            ns: ns.into(),
+            name: name.into_text(),
+            ns: ns.into_text(),
             attrs: Vec::new(),
             children: Vec::new(),
         }
@@ -33,7 +107,7 @@ impl Element {
 
     /// Assembles an element from already validated parts (distinct attribute names),
     /// sparing the parser the per-attribute duplicate scan of `set_attr`.
-    pub(crate) fn from_parts(name: String, ns: String, attrs: Vec<(String, String)>) -> Self {
+    pub(crate) fn from_parts(name: Text, ns: Text, attrs: Vec<(String, String)>) -> Self {
         Element {
             name,
             ns,
@@ -72,8 +146,8 @@ impl Element {
         self.name == name && self.ns == ns
     }
 
-    pub fn set_ns(&mut self, ns: impl Into<String>) {
-        self.ns = ns.into();
+    pub fn set_ns(&mut self, ns: impl IntoText) {
+        self.ns = ns.into_text();
     }
 
     pub fn attr(&self, name: &str) -> Option<&str> {
@@ -237,16 +311,23 @@ impl fmt::Display for Element {
 
 /// Escapes XML character data (or an attribute value, which also escapes quotes).
 pub fn escape_into(out: &mut Vec<u8>, s: &str, attr: bool) {
-    for b in s.bytes() {
-        match b {
-            b'<' => out.extend_from_slice(b"&lt;"),
-            b'>' => out.extend_from_slice(b"&gt;"),
-            b'&' => out.extend_from_slice(b"&amp;"),
-            b'"' if attr => out.extend_from_slice(b"&quot;"),
-            b'\'' if attr => out.extend_from_slice(b"&apos;"),
-            _ => out.push(b),
-        }
+    // Runs of bytes that need no escaping (nearly all of them) are copied whole.
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let replacement: &[u8] = match b {
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'&' => b"&amp;",
+            b'"' if attr => b"&quot;",
+            b'\'' if attr => b"&apos;",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(replacement);
+        start = i + 1;
     }
+    out.extend_from_slice(&bytes[start..]);
 }
 
 pub fn escape(s: &str) -> String {

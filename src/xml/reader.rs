@@ -29,7 +29,7 @@ use std::mem;
 
 use thiserror::Error;
 
-use super::element::Element;
+use super::element::{Element, IntoText};
 
 /// Namespace of the stream root and of `<stream:features/>`, `<stream:error/>`.
 pub const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
@@ -413,20 +413,8 @@ impl StreamReader {
             return Ok(Some(StreamEvent::Close));
         }
         while self.pos < self.buf.len() {
-            if self.lex == Lex::Text && self.utf8.idle() && !self.stack.is_empty() {
-                // Fast path for the bulk of a stanza: plain ASCII character data.
-                let run = self.buf[self.pos..]
-                    .iter()
-                    .position(|&b| !is_plain_text_byte(b))
-                    .unwrap_or(self.buf.len() - self.pos);
-                if run > 0 {
-                    self.count(run)?;
-                    let bytes = &self.buf[self.pos..self.pos + run];
-                    self.text.extend(bytes.iter().map(|&b| char::from(b)));
-                    self.pos += run;
-                    self.brackets = 0;
-                    continue;
-                }
+            if self.utf8.idle() && !self.at_start && self.bulk()? {
+                continue;
             }
             let b = self.buf[self.pos];
             self.pos += 1;
@@ -443,6 +431,59 @@ impl StreamReader {
             }
         }
         Ok(None)
+    }
+
+    /// The fast path for the bulk of a stanza: where the byte-at-a-time machine would
+    /// only append each byte to the token being read (character data, a tag or
+    /// attribute name after its first character, an attribute value), a run of plain
+    /// ASCII bytes that it would accept one by one is appended in one go. Anything else
+    /// (markup, references, non-ASCII, control characters) ends the run and takes the
+    /// general path. Returns whether it consumed anything.
+    fn bulk(&mut self) -> Result<bool, XmlError> {
+        #[derive(Clone, Copy)]
+        enum Token {
+            Text,
+            Tag,
+            AttrName,
+            AttrValue,
+        }
+        let rest = &self.buf[self.pos..];
+        let (run, into) = match self.lex {
+            Lex::Text if !self.stack.is_empty() => {
+                (plain_run(rest, is_plain_text_byte), Token::Text)
+            }
+            Lex::StartName => (plain_run(rest, is_ascii_name_byte), Token::Tag),
+            // The first character of an end tag's name is checked as a name start.
+            Lex::EndName if !self.tag.is_empty() => {
+                (plain_run(rest, is_ascii_name_byte), Token::Tag)
+            }
+            Lex::AttrName => (plain_run(rest, is_ascii_name_byte), Token::AttrName),
+            Lex::AttrValue(q) => (
+                plain_run(rest, |b| is_plain_attr_byte(b, q)),
+                Token::AttrValue,
+            ),
+            _ => return Ok(false),
+        };
+        if run == 0 {
+            return Ok(false);
+        }
+        self.count(run)?;
+        // The run is ASCII, so this cannot fail; if it somehow did, the general path
+        // would take the bytes instead.
+        let Ok(chunk) = std::str::from_utf8(&self.buf[self.pos..self.pos + run]) else {
+            return Ok(false);
+        };
+        match into {
+            Token::Text => {
+                self.text.push_str(chunk);
+                self.brackets = 0;
+            }
+            Token::Tag => self.tag.push_str(chunk),
+            Token::AttrName => self.attr_name.push_str(chunk),
+            Token::AttrValue => self.attr_value.push_str(chunk),
+        }
+        self.pos += run;
+        Ok(true)
     }
 
     fn count(&mut self, n: usize) -> Result<(), XmlError> {
@@ -779,6 +820,12 @@ impl StreamReader {
         let qname = mem::take(&mut self.tag);
         let raw = mem::take(&mut self.attrs);
         let mark = self.scope.len();
+        // Most stanzas have neither declarations nor prefixed attributes (`to`, `type`,
+        // `id`...): their attributes are taken as they are (end_attr has refused
+        // duplicates already).
+        if raw.iter().all(|(k, _)| !k.contains(':') && k != "xmlns") {
+            return self.start_element(qname, mark, raw, empty);
+        }
         // Declarations apply to the element's own name and attributes wherever they
         // appear in the tag, so they are bound before anything is resolved.
         let mut plain = Vec::with_capacity(raw.len());
@@ -800,12 +847,11 @@ impl StreamReader {
         if self.scope.len() > MAX_SCOPE_BINDINGS {
             return Err(policy("too many namespace declarations in scope"));
         }
-        let (prefix, local) = split_qname(&qname)?;
-        let ns = match prefix {
-            Some(p) => self.resolve_prefix(p)?,
-            None => self.lookup("").unwrap_or(""),
+        // The element's own name is checked before its attributes (start_element
+        // resolves it again).
+        if let (Some(p), _) = split_qname(&qname)? {
+            self.resolve_prefix(p)?;
         }
-        .to_owned();
         let mut attrs: Vec<(String, String)> = Vec::with_capacity(plain.len());
         for (k, v) in plain {
             // `xml:*` keeps its spelling: the xml prefix is implicitly bound everywhere
@@ -822,12 +868,30 @@ impl StreamReader {
             }
             attrs.push((key, v));
         }
-        let local = local.to_owned();
+        self.start_element(qname, mark, attrs, empty)
+    }
+
+    /// The rest of a start tag once its attributes are resolved (`mark`: the scope
+    /// before the element's declarations).
+    fn start_element(
+        &mut self,
+        qname: String,
+        mark: usize,
+        attrs: Vec<(String, String)>,
+        empty: bool,
+    ) -> Result<Option<StreamEvent>, XmlError> {
+        let (prefix, local) = split_qname(&qname)?;
+        let ns = match prefix {
+            Some(p) => self.resolve_prefix(p)?,
+            None => self.lookup("").unwrap_or(""),
+        }
+        .into_text();
+        let local = local.into_text();
 
         if self.phase == Phase::Prolog && !self.document {
             let header = StreamHeader {
-                name: local,
-                ns,
+                name: local.into_owned(),
+                ns: ns.into_owned(),
                 default_ns: self.lookup("").unwrap_or("").to_owned(),
                 attrs,
                 namespaces: self.scope[mark..].to_vec(),
@@ -1019,6 +1083,24 @@ fn is_ws(c: char) -> bool {
 /// delimiters, `]` and `>` (watched for `]]>`), and control characters.
 fn is_plain_text_byte(b: u8) -> bool {
     matches!(b, b'\t' | b'\n' | b'\r' | 0x20..=0x7F) && !matches!(b, b'<' | b'&' | b']' | b'>')
+}
+
+/// ASCII name characters (all of them are `NameChar`s; none needs the general path).
+fn is_ascii_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')
+}
+
+/// ASCII that goes straight into an attribute value quoted with `q`: not the closing
+/// quote, not `<` (an error) or `&` (a reference), no control characters.
+fn is_plain_attr_byte(b: u8, q: char) -> bool {
+    matches!(b, b'\t' | b'\n' | b'\r' | 0x20..=0x7F)
+        && !matches!(b, b'<' | b'&')
+        && u32::from(b) != u32::from(q)
+}
+
+/// Length of the leading run of `bytes` that satisfy `plain`.
+fn plain_run(bytes: &[u8], plain: impl Fn(u8) -> bool) -> usize {
+    bytes.iter().position(|&b| !plain(b)).unwrap_or(bytes.len())
 }
 
 /// The XML 1.0 `Char` production.
