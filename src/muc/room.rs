@@ -78,13 +78,6 @@ fn status(code: u16) -> Element {
     Element::new("status", ns::MUC_USER).with_attr("code", code.to_string())
 }
 
-/// The `FORM_TYPE` a data form declares, if any.
-fn form_type_of(x: &Element) -> Option<String> {
-    x.children()
-        .find(|f| f.is("field", ns::DATA_FORMS) && f.attr("var") == Some("FORM_TYPE"))
-        .and_then(|f| f.child_text("value", ns::DATA_FORMS))
-}
-
 /// Seconds an occupant waits between two voice requests, so moderators are not flooded.
 const VOICE_REQUEST_INTERVAL_SECS: u64 = 30;
 
@@ -877,8 +870,10 @@ impl Room {
         me: Option<usize>,
     ) {
         if let Some(form) = m.child("x", ns::DATA_FORMS) {
-            if form_type_of(form).as_deref() == Some(ns::MUC_REQUEST) {
-                let form = form.clone();
+            let request = crate::forms::Form::try_from(form)
+                .ok()
+                .filter(|f| f.value("FORM_TYPE") == Some(ns::MUC_REQUEST));
+            if let Some(form) = request {
                 return self.voice_form(server, &m, &form, from, me);
             }
         }
@@ -1543,15 +1538,10 @@ impl Room {
         &mut self,
         server: &ServerState,
         m: &Element,
-        x: &Element,
+        form: &crate::forms::Form,
         from: &FullJid,
         me: Option<usize>,
     ) {
-        use crate::forms::Form;
-        let form = match Form::try_from(x) {
-            Ok(f) => f,
-            Err(e) => return bounce(server, m, e),
-        };
         let Some(i) = me else {
             return bounce(
                 server,
@@ -1560,7 +1550,7 @@ impl Room {
             );
         };
         if form.get("muc#request_allow").is_some() {
-            return self.voice_decision(server, m, &form, i);
+            return self.voice_decision(server, m, form, i);
         }
         if form.value("muc#role") != Some("participant") {
             return bounce(
