@@ -8,7 +8,7 @@
 
 use crate::jidext::JidExt;
 use crate::module::{Filtered, IqKind, IqRequest, IqTarget, PresenceEvent, Verdict};
-use crate::sessions::{Resource, SendError, SessionHandle};
+use crate::sessions::{Resource, SendError, SessionHandle, SharedStanza};
 use crate::stanza::{error_reply, iq_result, Kind, StanzaError};
 use crate::xml::Element;
 use crate::ServerState;
@@ -185,6 +185,46 @@ pub(crate) fn route_parsed(
         Destination::Service(domain) => server.registry.deliver_to_domain(server, &domain, stanza),
         Destination::Remote(domain) => crate::s2s::send(server, &domain, stanza),
     }
+}
+
+/// A room's groupchat fan-out to one occupant session, `to`: a local session gets the
+/// shared stanza itself in its queue; anything else (a remote occupant, a session that is
+/// gone) takes the ordinary path with a copy of its own.
+///
+/// The per-account inbound hooks do not run for the shared stanza: they act on what is
+/// archived in a user's own archive, which groupchat never is (XEP-0313 §4.1.2), and the
+/// room strips every `<stanza-id/>` an occupant wrote before it shares the message.
+pub(crate) fn route_shared(
+    server: &ServerState,
+    from: &Jid,
+    to: &FullJid,
+    shared: &std::sync::Arc<SharedStanza>,
+) {
+    if to.domain().as_str() == server.config.domain {
+        if let Some((handle, false)) = server.sessions.delivery_handle(to) {
+            let bare = to.bare();
+            let filtered = Filtered::Inbound {
+                from,
+                to: &bare,
+                stanza: shared.element(),
+            };
+            match server.registry.run_filters(server, &filtered) {
+                Verdict::Pass => {}
+                Verdict::Drop => return,
+                Verdict::Bounce(err) => {
+                    return bounce(server, &shared.to_element(to.as_str()), err);
+                }
+            }
+            if let Err(SendError::Gone(el) | SendError::Full(el)) = handle.send_shared(shared) {
+                tracing::debug!(%to, "session could not take a stanza");
+                server.sessions.unbind(&handle);
+                undeliverable(server, el);
+            }
+            return;
+        }
+    }
+    let el = shared.to_element(to.as_str());
+    route_parsed(server, Kind::Message, from, Some(Jid::from(to.clone())), el)
 }
 
 /// Runs the inbound-message hooks (the archive) exactly once per message and account:

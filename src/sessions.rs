@@ -13,7 +13,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::{mpsc, Notify};
 
 const SHARDS: usize = 64;
@@ -22,6 +22,69 @@ const SHARDS: usize = 64;
 #[derive(Debug)]
 pub enum Outbound {
     Stanza(Element),
+    /// A stanza many sessions receive alike; this session is its `to`.
+    Shared(Arc<SharedStanza>),
+}
+
+impl Outbound {
+    /// The stanza as an element of its own, addressed to `to` (the receiving session).
+    pub fn into_element(self, to: &FullJid) -> Element {
+        match self {
+            Outbound::Stanza(el) => el,
+            Outbound::Shared(s) => s.to_element(to.as_str()),
+        }
+    }
+}
+
+/// One stanza that many sessions receive identical but for `to`: a room's groupchat
+/// message goes to every occupant. It is built once and shared by all the queues it is
+/// in, instead of copied into each; a client stream serialises it once as well and
+/// splices each recipient's JID into the bytes ([`SharedStanza::write_client`]).
+#[derive(Debug)]
+pub struct SharedStanza {
+    /// The stanza without `to`.
+    el: Element,
+    /// `el` serialised as a child of a stream whose default namespace is `jabber:client`,
+    /// made by the first session that writes it.
+    client_bytes: OnceLock<Vec<u8>>,
+}
+
+impl SharedStanza {
+    pub fn new(mut el: Element) -> Arc<SharedStanza> {
+        el.remove_attr("to");
+        Arc::new(SharedStanza {
+            el,
+            client_bytes: OnceLock::new(),
+        })
+    }
+
+    /// The shared stanza itself (it has no `to`).
+    pub fn element(&self) -> &Element {
+        &self.el
+    }
+
+    /// A copy of its own, addressed to `to`.
+    pub fn to_element(&self, to: &str) -> Element {
+        let mut el = self.el.clone();
+        el.set_attr("to", to);
+        el
+    }
+
+    /// Appends the stanza addressed to `to`, as [`Element::write_to`] with `jabber:client`
+    /// as the parent namespace would, but serialising the shared part only once.
+    pub fn write_client(&self, out: &mut Vec<u8>, to: &str) {
+        let bytes = self
+            .client_bytes
+            .get_or_init(|| self.el.to_bytes(crate::ns::CLIENT));
+        // The serialisation starts with `<name`; `to` goes right after it (attribute
+        // order carries no meaning).
+        let at = (1 + self.el.name().len()).min(bytes.len());
+        out.extend_from_slice(&bytes[..at]);
+        out.extend_from_slice(b" to=\"");
+        crate::xml::element::escape_into(out, to, true);
+        out.push(b'"');
+        out.extend_from_slice(&bytes[at..]);
+    }
 }
 
 /// Out-of-band orders for a session (rare: one slot, never a queue).
@@ -35,7 +98,7 @@ pub enum Control {
 pub struct SessionHandle {
     pub id: u64,
     pub jid: FullJid,
-    tx: mpsc::Sender<Box<Element>>,
+    tx: mpsc::Sender<Box<Outbound>>,
     control: Arc<ControlSlot>,
 }
 
@@ -75,7 +138,17 @@ pub enum SendError {
 
 impl SessionHandle {
     pub fn send(&self, stanza: Element) -> Result<(), SendError> {
-        match self.tx.try_send(Box::new(stanza)) {
+        self.send_outbound(Outbound::Stanza(stanza))
+    }
+
+    /// Queues a shared stanza for this session (it is addressed to the session's JID).
+    /// On failure the caller gets a copy of its own back.
+    pub fn send_shared(&self, stanza: &Arc<SharedStanza>) -> Result<(), SendError> {
+        self.send_outbound(Outbound::Shared(stanza.clone()))
+    }
+
+    fn send_outbound(&self, out: Outbound) -> Result<(), SendError> {
+        match self.tx.try_send(Box::new(out)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(s)) => {
                 // A reader this far behind will not catch up: close it, and let the
@@ -83,9 +156,11 @@ impl SessionHandle {
                 self.control.put(Control::Close(
                     StreamError::new("policy-violation").with_text("too slow reading"),
                 ));
-                Err(SendError::Full(*s))
+                Err(SendError::Full(s.into_element(&self.jid)))
             }
-            Err(mpsc::error::TrySendError::Closed(s)) => Err(SendError::Gone(*s)),
+            Err(mpsc::error::TrySendError::Closed(s)) => {
+                Err(SendError::Gone(s.into_element(&self.jid)))
+            }
         }
     }
 
@@ -129,16 +204,16 @@ pub struct SessionChannels {
 /// Stanzas travel boxed: tokio allocates a channel's slots 32 at a time, the first block
 /// when the channel is made, so pointer-sized slots keep an idle session's queue at a few
 /// hundred bytes instead of ~3 KiB. Receivers still get plain [`Outbound`] values.
-pub struct OutboundRx(mpsc::Receiver<Box<Element>>);
+pub struct OutboundRx(mpsc::Receiver<Box<Outbound>>);
 
 impl OutboundRx {
     /// Cancel-safe, like the channel underneath.
     pub async fn recv(&mut self) -> Option<Outbound> {
-        self.0.recv().await.map(|s| Outbound::Stanza(*s))
+        self.0.recv().await.map(|s| *s)
     }
 
     pub fn try_recv(&mut self) -> Result<Outbound, mpsc::error::TryRecvError> {
-        self.0.try_recv().map(|s| Outbound::Stanza(*s))
+        self.0.try_recv().map(|s| *s)
     }
 
     /// Refuses further stanzas; those already queued can still be received.
@@ -415,6 +490,68 @@ mod tests {
         assert!(s.get(&jid).is_some());
         assert!(s.unbind(&h2).is_some());
         assert_eq!(s.count(), 0);
+    }
+
+    #[test]
+    fn shared_stanza_reaches_each_session_addressed_to_it() {
+        let s = Sessions::new(16);
+        let a = FullJid::new("a@x/r").unwrap();
+        let b = FullJid::new("b@x/it's<&>").unwrap();
+        let (ha, mut ca) = s.bind(a.clone());
+        let (hb, mut cb) = s.bind(b.clone());
+        let msg = crate::xml::reader::parse_element(
+            b"<message xmlns='jabber:client' from='room@muc.x/n' to='stale@x' type='groupchat' \
+              id='m1'><body>a &amp; b &lt;c&gt;</body><x xmlns='urn:example'/></message>",
+        )
+        .unwrap();
+        let shared = SharedStanza::new(msg.clone());
+        assert_eq!(shared.element().attr("to"), None);
+        ha.send_shared(&shared).unwrap();
+        hb.send_shared(&shared).unwrap();
+        for (rx, jid) in [(&mut ca, &a), (&mut cb, &b)] {
+            let out = rx.rx.try_recv().unwrap();
+            let Outbound::Shared(got) = out else {
+                panic!("expected the shared stanza")
+            };
+            // The spliced bytes say exactly what a copy of its own would.
+            let mut bytes = Vec::new();
+            got.write_client(&mut bytes, jid.as_str());
+            let reparsed = crate::xml::reader::parse_element(
+                format!(
+                    "<w xmlns='jabber:client'>{}</w>",
+                    String::from_utf8(bytes).unwrap()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            let child = reparsed.children().next().unwrap().clone();
+            let mut expected = msg.clone();
+            expected.remove_attr("to");
+            expected.set_attr("to", jid.as_str());
+            let attrs = |e: &Element| {
+                let mut v: Vec<(String, String)> = e
+                    .attrs()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                v.sort();
+                v
+            };
+            assert_eq!(child.attr("to"), Some(jid.as_str()));
+            assert_eq!(child.attr("from"), Some("room@muc.x/n"));
+            assert_eq!(
+                child.child_text("body", crate::ns::CLIENT).as_deref(),
+                Some("a & b <c>")
+            );
+            assert_eq!(attrs(&child), attrs(&expected));
+            assert_eq!(child.nodes(), expected.nodes());
+            assert_eq!(Outbound::Shared(got).into_element(jid), expected);
+        }
+        // A session that is gone hands back a copy of its own, addressed to it.
+        drop(cb);
+        match hb.send_shared(&shared) {
+            Err(SendError::Gone(el)) => assert_eq!(el.attr("to"), Some(b.as_str())),
+            other => panic!("expected Gone, got {other:?}"),
+        }
     }
 
     #[test]

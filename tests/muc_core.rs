@@ -600,3 +600,84 @@ async fn bad_input_gets_the_xep_errors_and_the_room_keeps_working() {
     assert_eq!(body(&m).as_deref(), Some("still here"));
     ts.stop().await;
 }
+
+/// A groupchat message is built once and shared by every occupant's queue: each copy
+/// still says who it is for, stream management counts it, an inactive (XEP-0352) client
+/// still gets it, and ids an occupant forged are gone from every copy.
+#[tokio::test]
+async fn shared_fan_out_reaches_every_kind_of_session() {
+    let ts = TestServer::start().await;
+    let mut alice = user(&ts, "alice").await;
+    create_instant(&mut alice, "fan", "Alice").await;
+    let mut bob = user(&ts, "bob").await;
+    join(&mut bob, "fan", "Bob", "").await;
+    let mut carol = user(&ts, "carol").await;
+    join(&mut carol, "fan", "Carol", "").await;
+    carol.send("<inactive xmlns='urn:xmpp:csi:0'/>").await;
+    bob.wait_for(|e| is_presence_from(e, &format!("{}/Carol", room("fan"))))
+        .await;
+    // From here on the groupchat message is the only stanza Bob gets.
+    bob.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    bob.wait_for(|e| e.name() == "enabled").await;
+    alice
+        .wait_for(|e| is_presence_from(e, &format!("{}/Carol", room("fan"))))
+        .await;
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{}' id='g1'><body>to &amp; all</body>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost' id='forged-1'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='{}' id='forged-2'/>\
+             <occupant-id xmlns='urn:xmpp:occupant-id:0' id='forged-3'/></message>",
+            room("fan"),
+            room("fan")
+        ))
+        .await;
+    let mut ids = Vec::new();
+    for (c, who) in [
+        (&mut alice, "alice@localhost/r"),
+        (&mut bob, "bob@localhost/r"),
+        (&mut carol, "carol@localhost/r"),
+    ] {
+        let m = c.wait_for(is_groupchat).await;
+        assert_eq!(m.attr("to"), Some(who), "{m}");
+        assert_eq!(
+            m.attr("from"),
+            Some(format!("{}/Alice", room("fan")).as_str())
+        );
+        assert_eq!(m.attr("id"), Some("g1"));
+        assert_eq!(body(&m).as_deref(), Some("to & all"));
+        let sids: Vec<&starling::xml::Element> = m
+            .children()
+            .filter(|c| c.is("stanza-id", "urn:xmpp:sid:0"))
+            .collect();
+        assert!(
+            sids.iter()
+                .all(|s| s.attr("by") == Some(room("fan").as_str())
+                    && !s.attr("id").unwrap_or("").starts_with("forged")),
+            "forged stanza-id kept: {m}"
+        );
+        let oid = m.child("occupant-id", ns::OCCUPANT_ID).unwrap();
+        assert_ne!(oid.attr("id"), Some("forged-3"));
+        ids.push((
+            oid.attr("id").map(str::to_string),
+            sids.first().and_then(|s| s.attr("id")).map(str::to_string),
+        ));
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] == w[1]),
+        "copies differ: {ids:?}"
+    );
+    // Stream management counted it: the server asks Bob to acknowledge, and takes an
+    // acknowledgement of exactly one stanza (one more than it sent is a stream error).
+    bob.wait_for(|e| e.name() == "r" && e.ns() == "urn:xmpp:sm:3")
+        .await;
+    bob.send("<a xmlns='urn:xmpp:sm:3' h='1'/>").await;
+    let pong = bob
+        .iq(
+            "<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "p1",
+        )
+        .await;
+    assert_eq!(pong.attr("type"), Some("result"), "{pong}");
+    ts.stop().await;
+}

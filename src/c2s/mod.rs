@@ -655,7 +655,7 @@ async fn resume(
     // what was held back is newer than anything already sent, so it comes after.
     live.csi.inactive = false;
     for el in live.csi.release() {
-        write(conn, live.sm.as_mut(), &el);
+        write(conn, live.sm.as_mut(), el);
     }
     if let Some(state) = live.sm.as_mut() {
         if !state.unacked.is_empty() {
@@ -717,20 +717,36 @@ fn finish_live(server: &ServerState, live: Live) {
 }
 
 /// Writes a stanza to the client, counting it when stream management is on.
-fn write(conn: &mut Conn, sm: Option<&mut sm::SmState>, el: &Element) {
-    conn.queue(el);
+fn write(conn: &mut Conn, sm: Option<&mut sm::SmState>, el: Element) {
+    conn.queue(&el);
     if let Some(sm) = sm {
-        if el.ns() == ns::CLIENT && Kind::of(el).is_some() {
+        if el.ns() == ns::CLIENT && Kind::of(&el).is_some() {
             sm.record_sent(el);
         }
     }
 }
 
 /// Offers an outbound stanza to client state indication, then writes what is due.
-fn emit(server: &ServerState, conn: &mut Conn, live: &mut Live, el: Element) {
-    if let Some(list) = live.csi.offer(el, server.config.csi.max_held) {
-        for el in &list {
-            write(conn, live.sm.as_mut(), el);
+fn emit(server: &ServerState, conn: &mut Conn, live: &mut Live, out: Outbound) {
+    if live.csi.inactive {
+        let el = out.into_element(&live.handle.jid);
+        if let Some(list) = live.csi.offer(el, server.config.csi.max_held) {
+            for el in list {
+                write(conn, live.sm.as_mut(), el);
+            }
+        }
+        return;
+    }
+    match out {
+        Outbound::Stanza(el) => write(conn, live.sm.as_mut(), el),
+        Outbound::Shared(shared) => {
+            let to = live.handle.jid.as_str();
+            conn.queue_shared(&shared, to);
+            // Stream management keeps a copy of its own until the client acknowledges it
+            // (shared stanzas are always stanzas, so it always counts).
+            if let Some(sm) = live.sm.as_mut() {
+                sm.record_sent(shared.to_element(to));
+            }
         }
     }
 }
@@ -813,11 +829,11 @@ async fn session_loop(
             Ev::Control(Some(Control::Close(err))) => {
                 // What was queued before the order (a reply, an announcement) still
                 // goes out ahead of the stream error.
-                while let Ok(Outbound::Stanza(el)) = live.channels.rx.try_recv() {
-                    emit(server, conn, live, el);
+                while let Ok(out) = live.channels.rx.try_recv() {
+                    emit(server, conn, live, out);
                 }
                 for el in live.csi.release() {
-                    write(conn, live.sm.as_mut(), &el);
+                    write(conn, live.sm.as_mut(), el);
                 }
                 return End::Over(C2sError::Stream(err));
             }
@@ -831,13 +847,13 @@ async fn session_loop(
                     s.takeover = None;
                 }
             }
-            Ev::Out(Some(Outbound::Stanza(el))) => {
-                emit(server, conn, live, el);
+            Ev::Out(Some(out)) => {
+                emit(server, conn, live, out);
                 // Batch whatever else is already waiting into the same write.
                 let mut n = 0;
                 while n < 64 {
                     match live.channels.rx.try_recv() {
-                        Ok(Outbound::Stanza(el)) => emit(server, conn, live, el),
+                        Ok(out) => emit(server, conn, live, out),
                         Err(_) => break,
                     }
                     n += 1;
@@ -896,7 +912,7 @@ fn drain_events(server: &ServerState, conn: &mut Conn, live: &mut Live) -> Resul
             {
                 live.csi.inactive = el.name() == "inactive";
                 for el in live.csi.release() {
-                    write(conn, live.sm.as_mut(), &el);
+                    write(conn, live.sm.as_mut(), el);
                 }
             }
             StreamEvent::Element(el) => {
@@ -906,7 +922,7 @@ fn drain_events(server: &ServerState, conn: &mut Conn, live: &mut Live) -> Resul
                     state.record_handled();
                 }
                 if let Some(reply) = reply {
-                    emit(server, conn, live, reply);
+                    emit(server, conn, live, Outbound::Stanza(reply));
                 }
             }
         }
@@ -1085,23 +1101,23 @@ fn end_session(
         for el in unacked {
             sm::reroute(server, el);
         }
-        while let Ok(Outbound::Stanza(el)) = channels.rx.try_recv() {
-            sm::reroute(server, el);
+        while let Ok(out) = channels.rx.try_recv() {
+            sm::reroute(server, out.into_element(&handle.jid));
         }
     }
     let removed = server.sessions.unbind(handle);
     channels.rx.close();
     match sm_session {
         true => {
-            while let Ok(Outbound::Stanza(el)) = channels.rx.try_recv() {
-                sm::reroute(server, el);
+            while let Ok(out) = channels.rx.try_recv() {
+                sm::reroute(server, out.into_element(&handle.jid));
             }
         }
         false => {
             // Whatever was queued and not written goes back to the router, which finds
             // the resource gone and applies the rules for an unavailable resource.
-            while let Ok(Outbound::Stanza(el)) = channels.rx.try_recv() {
-                router::undeliverable(server, el);
+            while let Ok(out) = channels.rx.try_recv() {
+                router::undeliverable(server, out.into_element(&handle.jid));
             }
         }
     }

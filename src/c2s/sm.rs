@@ -81,8 +81,8 @@ impl SmState {
     }
 
     /// Records a stanza written to the client.
-    pub fn record_sent(&mut self, el: &Element) {
-        self.unacked.push_back(el.clone());
+    pub fn record_sent(&mut self, el: Element) {
+        self.unacked.push_back(el);
     }
 
     /// Records one stanza from the client as handled.
@@ -246,7 +246,7 @@ mod tests {
     fn acks_drop_exactly_what_they_cover() {
         let mut s = SmState::new(None, None);
         for i in 0..5 {
-            s.record_sent(&msg(i));
+            s.record_sent(msg(i));
         }
         assert_eq!(s.sent(), 5);
         s.ack(2).unwrap();
@@ -266,7 +266,7 @@ mod tests {
         s.acked = u32::MAX - 1;
         s.inbound = u32::MAX;
         for i in 0..4 {
-            s.record_sent(&msg(i));
+            s.record_sent(msg(i));
         }
         assert_eq!(s.sent(), 2);
         // h = u32::MAX covers the first one (number 2^32 - 1).

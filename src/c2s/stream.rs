@@ -9,6 +9,7 @@
 use crate::net::MaybeTls;
 use crate::ns;
 use crate::sasl::ChannelBindings;
+use crate::sessions::SharedStanza;
 use crate::stanza::StreamError;
 use crate::xml::reader::{Limits, StreamEvent, StreamHeader, StreamReader, XmlError};
 use crate::xml::Element;
@@ -336,6 +337,17 @@ impl Conn {
         h.push('>');
         self.out.extend_from_slice(h.as_bytes());
         self.header_sent = true;
+    }
+
+    /// Appends a shared stanza addressed to `to` (see [`SharedStanza`]).
+    pub fn queue_shared(&mut self, shared: &SharedStanza, to: &str) {
+        if self.framed.is_some() {
+            return self.queue(&shared.to_element(to));
+        }
+        if self.out.capacity() == 0 {
+            self.out.reserve(OUT_INITIAL);
+        }
+        shared.write_client(&mut self.out, to);
     }
 
     /// Appends an element to the output buffer (stream-level elements get the `stream:`

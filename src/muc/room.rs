@@ -7,8 +7,9 @@ use super::history::{self, History};
 use super::perms::{self, AffPriv, Affiliation, Role, RolePriv};
 use super::Service;
 use crate::ns;
-use crate::router::{bounce, route, route_parsed};
-use crate::stanza::{error_reply, iq_result, Kind, StanzaError};
+use crate::router::{bounce, route, route_shared};
+use crate::sessions::SharedStanza;
+use crate::stanza::{error_reply, iq_result, StanzaError};
 use crate::store::{now_secs, AffiliationRecord, RoomRecord};
 use crate::xml::Element;
 use crate::ServerState;
@@ -779,7 +780,10 @@ impl Room {
         let mut out = m;
         out.remove_attr("to");
         out.set_attr("from", self.occupant_jid(&self.occupants[i].nick));
-        out.remove_children(|c| c.ns() == ns::OCCUPANT_ID);
+        // Occupant ids and stanza ids are the room's to give (XEP-0421, XEP-0359): any an
+        // occupant wrote is a forgery. No recipient's server strips them per recipient
+        // either, since the message is shared (see `route_shared`).
+        out.remove_children(|c| c.ns() == ns::OCCUPANT_ID || c.is("stanza-id", ns::SID));
         out.push(
             Element::new("occupant-id", ns::OCCUPANT_ID)
                 .with_attr("id", self.occupants[i].occupant_id.clone()),
@@ -796,21 +800,16 @@ impl Room {
         // is fully sent before the next, so everyone sees the same sequence. The sender's
         // room JID is prepared once for the whole fan-out, and each recipient's JID is
         // already a parsed FullJid, so no copy parses a JID again.
-        let from = out.attr("from").and_then(|f| Jid::new(f).ok());
+        // The stanza is built once and shared by every local occupant's queue (see
+        // `SharedStanza`); only the `to` differs.
+        let Some(from) = out.attr("from").and_then(|f| Jid::new(f).ok()) else {
+            tracing::warn!(room = %self.jid, "occupant JID does not parse; message dropped");
+            return;
+        };
+        let shared = SharedStanza::new(out);
         for o in &self.occupants {
             for s in &o.sessions {
-                let mut copy = out.clone();
-                copy.set_attr("to", s.as_str());
-                match &from {
-                    Some(from) => route_parsed(
-                        server,
-                        Kind::Message,
-                        from,
-                        Some(Jid::from(s.clone())),
-                        copy,
-                    ),
-                    None => route(server, copy),
-                }
+                route_shared(server, &from, s, &shared);
             }
         }
     }
