@@ -47,6 +47,10 @@ def metrics(d, name):
     m["1:1 chat: best msg/s (p99 < 100 ms, no loss)"] = (get(best, "delivered_per_s"), True)
     m["  p99 at that rate (ms)"] = (
         (get(best, "latency_us", "p99") or 0) / 1000 if best else None, False)
+    m["  server CPU per 1:1 message at that rate (µs)"] = (
+        get(best, "server_cpu_us_per_delivery"), False)
+    m["    of which kernel, 1:1 at best rate (µs)"] = (
+        get(best, "server_sys_us_per_delivery"), None)
     for phase, where in (("chatcpu", "pairs only"), ("chatfull", "server full")):
         fixed = load(d, name, phase)
         steps = get(fixed, "steps") or []
@@ -57,6 +61,8 @@ def metrics(d, name):
         online = get(fixed, "online")
         m[f"server CPU per 1:1 message @ {rate:.0f}/s, {where} (µs)"] = (
             s.get("server_cpu_us_per_delivery"), False)
+        m[f"  of which kernel @ {rate:.0f}/s, {where} (µs)"] = (
+            s.get("server_sys_us_per_delivery"), None)
         m[f"  p50 / p99 @ {rate:.0f}/s, {where} (ms)"] = (
             f"{s['latency_us']['p50']/1000:.2f} / {s['latency_us']['p99']/1000:.2f}", None)
         m[f"  lost / dup / reordered, {where}"] = (
@@ -66,7 +72,21 @@ def metrics(d, name):
     muc = load(d, name, "muc")
     mb = get(muc, "best")
     m["MUC: best deliveries/s"] = (get(mb, "delivered_per_s"), True)
-    m["server CPU per MUC delivery (µs)"] = (get(mb, "server_cpu_us_per_delivery"), False)
+    m["  server CPU per MUC delivery at that rate (µs)"] = (
+        get(mb, "server_cpu_us_per_delivery"), False)
+    m["    of which kernel, MUC at best rate (µs)"] = (
+        get(mb, "server_sys_us_per_delivery"), None)
+    steps = get(load(d, name, "muccpu"), "steps") or []
+    if steps:
+        s = steps[-1]
+        fanout = (s.get("expected") or 0) / max(s.get("sent") or 1, 1)
+        per_s = f"{s.get('rate', 0) * fanout:,.0f}"
+        m[f"server CPU per MUC delivery @ {per_s} deliveries/s (µs)"] = (
+            s.get("server_cpu_us_per_delivery"), False)
+        m[f"  of which kernel, MUC @ {per_s}/s (µs)"] = (
+            s.get("server_sys_us_per_delivery"), None)
+        m["  lost / dup / reordered, MUC fixed rate"] = (
+            f"{s['lost']} / {s['duplicated']} / {s['reordered']}", None)
     return m
 
 

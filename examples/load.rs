@@ -210,6 +210,8 @@ struct RateOpts {
 #[derive(Clone, Copy, Debug, Default)]
 struct ProcSample {
     cpu_secs: f64,
+    /// The part of `cpu_secs` spent in the kernel (system time).
+    sys_secs: f64,
     rss_kib: u64,
 }
 
@@ -234,6 +236,7 @@ fn proc_sample(pid: &str) -> Option<ProcSample> {
         .unwrap_or(0);
     Some(ProcSample {
         cpu_secs: (utime + stime) / clock_ticks(),
+        sys_secs: stime / clock_ticks(),
         rss_kib,
     })
 }
@@ -1933,6 +1936,10 @@ async fn step(sh: &Arc<Shared>, traffic: &mut Traffic, spec: StepSpec, probe: &P
         (Some(a), Some(b)) => Some(b.cpu_secs - a.cpu_secs),
         _ => None,
     };
+    let server_sys = match (srv0, srv1) {
+        (Some(a), Some(b)) => Some(b.sys_secs - a.sys_secs),
+        _ => None,
+    };
     let tool_cpu = me1.cpu_secs - me0.cpu_secs;
     let delivered_per_s = recv_window as f64 / send_secs;
     let v = json!({
@@ -1944,6 +1951,7 @@ async fn step(sh: &Arc<Shared>, traffic: &mut Traffic, spec: StepSpec, probe: &P
         "tool_backlog": back,
         "server_cpu_secs": server_cpu,
         "server_cpu_us_per_delivery": server_cpu.map(|c| c * 1e6 / recv_window.max(1) as f64),
+        "server_sys_us_per_delivery": server_sys.map(|c| c * 1e6 / recv_window.max(1) as f64),
         "server_cpu_pct": server_cpu.map(|c| c * 100.0 / send_secs),
         "server_rss_kib": srv1.map(|s| s.rss_kib),
         "tool_cpu_pct": tool_cpu * 100.0 / send_secs,

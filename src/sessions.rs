@@ -94,12 +94,24 @@ pub enum Control {
     Close(StreamError),
 }
 
+/// How the rest of the server reaches one bound session. Cloning it (the message path
+/// does, once per delivery) is one reference count, not a copy of the JID and the queue.
 #[derive(Clone, Debug)]
-pub struct SessionHandle {
+pub struct SessionHandle(Arc<HandleInner>);
+
+#[derive(Debug)]
+pub struct HandleInner {
     pub id: u64,
     pub jid: FullJid,
     tx: mpsc::Sender<Box<Outbound>>,
     control: Arc<ControlSlot>,
+}
+
+impl std::ops::Deref for SessionHandle {
+    type Target = HandleInner;
+    fn deref(&self) -> &HandleInner {
+        &self.0
+    }
 }
 
 /// Where a session's out-of-band order waits. A tokio channel would allocate a block of
@@ -297,12 +309,12 @@ impl Sessions {
     pub fn bind(&self, jid: FullJid) -> (SessionHandle, SessionChannels) {
         let (tx, rx) = mpsc::channel(self.queue);
         let control = Arc::new(ControlSlot::default());
-        let handle = SessionHandle {
+        let handle = SessionHandle(Arc::new(HandleInner {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             jid: jid.clone(),
             tx,
             control: control.clone(),
-        };
+        }));
         let bare = jid.bare();
         let mut shard = self.shard(bare.as_str());
         let list = shard.entry(Key(bare)).or_default();
@@ -417,10 +429,10 @@ impl Sessions {
     /// [`resources`](Self::resources) when few match, as nothing else is copied.
     pub fn handles_where(
         &self,
-        bare: &BareJid,
+        bare: &str,
         pred: impl Fn(&Resource) -> bool,
     ) -> Vec<SessionHandle> {
-        match self.shard(bare.as_str()).get(bare.as_str()) {
+        match self.shard(bare).get(bare) {
             Some(list) => list
                 .iter()
                 .filter(|r| pred(r))

@@ -37,9 +37,9 @@ fn eligible(msg: &Element) -> bool {
         && !msg.has_child("x", ns::MUC_USER)
 }
 
-fn wrap(kind: &str, user: &BareJid, to: &str, msg: &Element) -> Element {
+fn wrap(kind: &str, user: &str, to: &str, msg: &Element) -> Element {
     let mut copy = Element::new("message", ns::CLIENT)
-        .with_attr("from", user.as_str())
+        .with_attr("from", user)
         .with_attr("to", to)
         .with_child(
             Element::new(kind, ns::CARBONS)
@@ -51,7 +51,7 @@ fn wrap(kind: &str, user: &BareJid, to: &str, msg: &Element) -> Element {
     copy
 }
 
-fn copy_to(server: &ServerState, user: &BareJid, kind: &str, msg: &Element, skip: &[u64]) {
+fn copy_to(server: &ServerState, user: &str, kind: &str, msg: &Element, skip: &[u64]) {
     // Runs for every message: only the handles of resources that want copies are taken.
     let wanting = server
         .sessions
@@ -65,13 +65,13 @@ fn copy_to(server: &ServerState, user: &BareJid, kind: &str, msg: &Element, skip
 
 fn sent(server: &ServerState, handle: &SessionHandle, msg: &Element) {
     if eligible(msg) {
-        copy_to(server, &handle.jid.bare(), "sent", msg, &[handle.id]);
+        copy_to(server, handle.jid.bare_str(), "sent", msg, &[handle.id]);
     }
 }
 
 fn delivered(server: &ServerState, user: &BareJid, msg: &Element, to: &[u64]) {
     if eligible(msg) {
-        copy_to(server, user, "received", msg, to);
+        copy_to(server, user.as_str(), "received", msg, to);
     }
 }
 
