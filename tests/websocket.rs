@@ -264,6 +264,58 @@ async fn websocket_client_chats_with_tcp_client() {
     ts.stop().await;
 }
 
+/// A room's groupchat message is shared by all occupants' queues; a WebSocket occupant
+/// gets it as a standalone, namespaced frame addressed to itself.
+#[tokio::test]
+async fn websocket_occupant_gets_groupchat() {
+    let (ts, http) = start(|_| {}).await;
+    ts.add_user("alice", "wonderland");
+    ts.add_user("bob", "builder");
+    let room = "den@conference.localhost";
+    let mut bob = Client::login(ts.c2s, "bob", "builder", "tcp").await;
+    bob.send(&format!(
+        "<presence to='{room}/Bob'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    bob.wait_for(|e| e.name() == "message" && e.has_child("subject", starling::ns::CLIENT))
+        .await;
+    let created = bob
+        .iq(
+            &format!("<iq type='set' id='inst' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>"),
+            "inst",
+        )
+        .await;
+    assert_eq!(created.attr("type"), Some("result"), "{created}");
+    let mut alice = Ws::login(http, "alice", "wonderland", false).await;
+    alice
+        .send(&format!(
+            "<presence xmlns='jabber:client' to='{room}/Alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+    alice
+        .wait_for(|e| e.name() == "message" && e.has_child("subject", starling::ns::CLIENT))
+        .await;
+    bob.send(&format!(
+        "<message to='{room}' type='groupchat' id='g1'><body>all &lt;here&gt;</body></message>"
+    ))
+    .await;
+    let m = alice
+        .wait_for(|e| e.name() == "message" && e.attr("type") == Some("groupchat"))
+        .await;
+    assert_eq!(m.ns(), starling::ns::CLIENT);
+    assert_eq!(m.attr("to"), Some("alice@localhost/web"));
+    assert_eq!(m.attr("from"), Some(format!("{room}/Bob").as_str()));
+    assert_eq!(
+        m.child_text("body", starling::ns::CLIENT).as_deref(),
+        Some("all <here>")
+    );
+    let echo = bob
+        .wait_for(|e| e.name() == "message" && e.attr("type") == Some("groupchat"))
+        .await;
+    assert_eq!(echo.attr("to"), Some("bob@localhost/tcp"));
+    ts.stop().await;
+}
+
 #[tokio::test]
 async fn websocket_plain_login_and_wrong_password() {
     let (ts, http) = start(|_| {}).await;
