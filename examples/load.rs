@@ -1932,13 +1932,9 @@ async fn step(sh: &Arc<Shared>, traffic: &mut Traffic, spec: StepSpec, probe: &P
         .take(10)
         .map(|a| anomaly_json(&sh.c, a))
         .collect();
-    let server_cpu = match (srv0, srv1) {
-        (Some(a), Some(b)) => Some(b.cpu_secs - a.cpu_secs),
-        _ => None,
-    };
-    let server_sys = match (srv0, srv1) {
-        (Some(a), Some(b)) => Some(b.sys_secs - a.sys_secs),
-        _ => None,
+    let (server_cpu, server_sys) = match (srv0, srv1) {
+        (Some(a), Some(b)) => (Some(b.cpu_secs - a.cpu_secs), Some(b.sys_secs - a.sys_secs)),
+        _ => (None, None),
     };
     let tool_cpu = me1.cpu_secs - me0.cpu_secs;
     let delivered_per_s = recv_window as f64 / send_secs;

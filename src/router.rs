@@ -215,11 +215,7 @@ pub(crate) fn route_shared(
                     return bounce(server, &shared.to_element(to.as_str()), err);
                 }
             }
-            if let Err(SendError::Gone(el) | SendError::Full(el)) = handle.send_shared(shared) {
-                tracing::debug!(%to, "session could not take a stanza");
-                server.sessions.unbind(&handle);
-                undeliverable(server, el);
-            }
+            settle(server, &handle, handle.send_shared(shared), false);
             return;
         }
     }
@@ -415,7 +411,19 @@ pub fn send_or_fallback(
     stanza: Element,
     presence: bool,
 ) -> bool {
-    match handle.send(stanza) {
+    settle(server, handle, handle.send(stanza), presence)
+}
+
+/// What [`send_or_fallback`] does with the outcome of a send: a session that could not
+/// take the stanza is unbound, and the stanza (unless it is presence) is routed by the
+/// rules for an unavailable resource.
+fn settle(
+    server: &ServerState,
+    handle: &SessionHandle,
+    sent: Result<(), SendError>,
+    presence: bool,
+) -> bool {
+    match sent {
         Ok(()) => true,
         Err(SendError::Gone(s)) | Err(SendError::Full(s)) => {
             tracing::debug!(to = %handle.jid, "session could not take a stanza");

@@ -31,11 +31,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import dnslib  # noqa: E402
 
 from xmpptest.harness import Skip, Suite, check  # noqa: E402
-from xmpptest.servers import LOOPBACK, ProsodyServer, StarlingServer, TestCA  # noqa: E402
+from xmpptest.servers import LOOPBACK, ProsodyServer, StarlingServer  # noqa: E402
 from xmpptest.slix import clients  # noqa: E402
 from xmpptest.dns import DnsServer  # noqa: E402
 from xmpptest.federation import (  # noqa: E402
-    TIMEOUT, CaDir, chat, login, muc_across, ping_across, subscribe_both_ways)
+    TIMEOUT, chat, login, muc_across, ping_across, subscribe_both_ways, switch_mode)
 
 
 S_DOMAIN, P_DOMAIN = "starling.example", "prosody.test"
@@ -63,17 +63,9 @@ def federation(ctx, mode: str) -> Federation:
         return feds[mode]
     if not DnsServer.can_bind():
         raise Skip("needs root: Prosody's resolver only talks to a DNS server on port 53")
-    for other in list(feds):
-        for key in ("starling", "prosody", "dns", "ca"):
-            ctx.drop_server(f"{key}-{other}")
-        del feds[other]
-    dns = DnsServer([]).start()
-    ctx.add_server(f"dns-{mode}", dns)
+    dns, ca = switch_mode(ctx, feds, mode, "prosody", external=mode == EXTERNAL)
     p_tls, s_tls, ca_file = {}, "", None
-    if mode == EXTERNAL:
-        ca_dir = CaDir()
-        ctx.add_server(f"ca-{mode}", ca_dir)
-        ca = TestCA(ca_dir.path)
+    if ca is not None:
         p_crt, p_key = ca.issue([P_DOMAIN, P_MUC])
         s_crt, s_key = ca.issue([S_DOMAIN, S_MUC])
         p_tls = dict(certificate=(p_crt, p_key), cafile=ca.ca_file, s2s_secure_auth=True)

@@ -28,11 +28,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import dnslib  # noqa: E402
 
 from xmpptest import ejabberd  # noqa: E402
-from xmpptest.dns import DnsServer  # noqa: E402
 from xmpptest.federation import (  # noqa: E402
-    CaDir, chat, login, muc_across, ping_across, subscribe_both_ways)
+    chat, login, muc_across, ping_across, subscribe_both_ways, switch_mode)
 from xmpptest.harness import Skip, Suite, check  # noqa: E402
-from xmpptest.servers import LOOPBACK, StarlingServer, TestCA  # noqa: E402
+from xmpptest.servers import LOOPBACK, StarlingServer  # noqa: E402
 from xmpptest.slix import clients  # noqa: E402
 
 S_DOMAIN, E_DOMAIN = "starling.example", "ejabberd.test"
@@ -59,17 +58,9 @@ def federation(ctx, mode: str) -> Federation:
         return feds[mode]
     if not ejabberd.available():
         raise Skip("needs root and Debian's ejabberd (conformance/run installs it)")
-    for other in list(feds):
-        for key in ("starling", "ejabberd", "dns", "ca"):
-            ctx.drop_server(f"{key}-{other}")
-        del feds[other]
-    dns = DnsServer([]).start()
-    ctx.add_server(f"dns-{mode}", dns)
+    dns, ca = switch_mode(ctx, feds, mode, "ejabberd", external=mode == EXTERNAL)
     e_tls, s_tls, ca_file = {}, "", None
-    if mode == EXTERNAL:
-        ca_dir = CaDir()
-        ctx.add_server(f"ca-{mode}", ca_dir)
-        ca = TestCA(ca_dir.path)
+    if ca is not None:
         e_tls = dict(certificate=ca.issue([E_DOMAIN, E_MUC]), cafile=ca.ca_file,
                      dialback=False)
         # ejabberd 23.01 refuses a client certificate without the clientAuth usage

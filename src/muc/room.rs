@@ -797,11 +797,9 @@ impl Room {
                 .push(out.clone(), now_secs(), self.config.history_length);
         }
         // One pass over the occupants in the room's order: every stanza the room handles
-        // is fully sent before the next, so everyone sees the same sequence. The sender's
-        // room JID is prepared once for the whole fan-out, and each recipient's JID is
-        // already a parsed FullJid, so no copy parses a JID again.
-        // The stanza is built once and shared by every local occupant's queue (see
-        // `SharedStanza`); only the `to` differs.
+        // is fully sent before the next, so everyone sees the same sequence. The stanza is
+        // built once and shared by every local occupant's queue (see `SharedStanza`), the
+        // sender's room JID is parsed once, and each recipient's is already a FullJid.
         let Some(from) = out.attr("from").and_then(|f| Jid::new(f).ok()) else {
             tracing::warn!(room = %self.jid, "occupant JID does not parse; message dropped");
             return;

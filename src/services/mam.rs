@@ -224,9 +224,10 @@ fn outgoing(server: &ServerState, handle: &SessionHandle, msg: &Element) {
 }
 
 /// A groupchat message the room is about to broadcast: archived under the room's JID
-/// (with the occupant's nick-JID as the other party) and stamped with its id.
+/// (with the occupant's nick-JID as the other party) and stamped with its id. The room
+/// has already removed every `<stanza-id/>` the occupant wrote, so the only one left is
+/// the id stamped here.
 pub fn room_archive(server: &ServerState, room: &BareJid, msg: &mut Element) {
-    strip_forged_ids(msg, room.as_str());
     if !server.config.mam.enabled || !msg.has_child("body", ns::CLIENT) {
         return;
     }

@@ -44,22 +44,23 @@ pub(crate) struct ImTrees {
 
 impl ImTrees {
     fn open(db: &sled::Db) -> Result<ImTrees, StoreError> {
+        let blocking = db.open_tree("blocking")?;
         Ok(ImTrees {
             roster: db.open_tree("roster")?,
             offline: db.open_tree("offline")?,
             vcard: db.open_tree("vcard")?,
             private: db.open_tree("private")?,
-            blocklists: std::sync::Arc::new(blocking_count(db)?.into()),
-            blocking: db.open_tree("blocking")?,
+            blocklists: std::sync::Arc::new(blocking_count(&blocking)?.into()),
+            blocking,
             last_presence: db.open_tree("last_presence")?,
         })
     }
 }
 
 /// Entries in the blocklist tree (only non-empty lists are stored).
-fn blocking_count(db: &sled::Db) -> Result<usize, StoreError> {
+fn blocking_count(blocking: &sled::Tree) -> Result<usize, StoreError> {
     let mut n = 0;
-    for entry in db.open_tree("blocking")?.iter().keys() {
+    for entry in blocking.iter().keys() {
         entry?;
         n += 1;
     }

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from slixmpp import JID
 
+from .dns import DnsServer
 from .harness import check
+from .servers import TestCA
 from .slix import Client, LoginFailed
 
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"
@@ -34,6 +36,25 @@ class CaDir:
 
     def log_tail(self, max_bytes=6000):
         return f"CA files in {self.path}"
+
+
+def switch_mode(ctx, feds: dict, mode: str, peer: str, external: bool):
+    """Stops the servers of every other mode in `feds` (one federation at a time keeps the
+    run light), then starts this mode's DNS server and, for SASL EXTERNAL, a CA for the
+    run. `peer` is the key the suite registered the other server under. Returns
+    (dns, ca), ca being None without `external`."""
+    for other in list(feds):
+        for key in ("starling", peer, "dns", "ca"):
+            ctx.drop_server(f"{key}-{other}")
+        del feds[other]
+    dns = DnsServer([]).start()
+    ctx.add_server(f"dns-{mode}", dns)
+    ca = None
+    if external:
+        ca_dir = CaDir()
+        ctx.add_server(f"ca-{mode}", ca_dir)
+        ca = TestCA(ca_dir.path)
+    return dns, ca
 
 
 async def login(server, jid, pw, *, roster=False) -> Client:
