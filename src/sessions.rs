@@ -9,10 +9,9 @@ use crate::stanza::StreamError;
 use crate::xml::Element;
 use jid::{BareJid, FullJid};
 use std::borrow::Borrow;
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::{mpsc, Notify};
 
@@ -121,6 +120,9 @@ impl std::ops::Deref for SessionHandle {
 struct ControlSlot {
     order: Mutex<Option<Control>>,
     notify: Notify,
+    /// Set once an order has been put: a session polls this on every event, which is
+    /// cheaper than polling the notifier (a lock) each time.
+    posted: AtomicBool,
 }
 
 impl ControlSlot {
@@ -128,6 +130,7 @@ impl ControlSlot {
         let mut slot = self.order.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             *slot = Some(order);
+            self.posted.store(true, Ordering::Release);
             drop(slot);
             // notify_one keeps a permit when nobody waits yet, so no order is missed.
             self.notify.notify_one();
@@ -253,6 +256,11 @@ impl ControlRx {
         self.0.take().ok_or(mpsc::error::TryRecvError::Empty)
     }
 
+    /// Whether an order has been given (it may have been taken since): one atomic load.
+    pub fn posted(&self) -> bool {
+        self.0.posted.load(Ordering::Acquire)
+    }
+
     /// Another receiving end of the same slot, for a wait that must not borrow the
     /// session's own (whichever end takes the order first gets it).
     pub fn watcher(&self) -> ControlRx {
@@ -278,10 +286,15 @@ impl Borrow<str> for Key {
     }
 }
 
-type Shard = HashMap<Key, Vec<Resource>>;
+/// Every message looks up its sender's and its recipient's account here, so the maps use
+/// foldhash (seeded per process, so still unpredictable to a peer choosing JIDs) rather
+/// than SipHash, which cost several times as much per short key.
+type Shard = HashMap<Key, Vec<Resource>, foldhash::fast::RandomState>;
 
 pub struct Sessions {
     shards: Vec<Mutex<Shard>>,
+    /// Picks a key's shard; independent of the maps' own hashers.
+    shard_hasher: foldhash::fast::RandomState,
     next_id: AtomicU64,
     queue: usize,
 }
@@ -289,16 +302,17 @@ pub struct Sessions {
 impl Sessions {
     pub fn new(queue: usize) -> Sessions {
         Sessions {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::with_hasher(Default::default())))
+                .collect(),
+            shard_hasher: Default::default(),
             next_id: AtomicU64::new(1),
             queue,
         }
     }
 
     fn shard(&self, bare: &str) -> MutexGuard<'_, Shard> {
-        let mut h = DefaultHasher::new();
-        bare.hash(&mut h);
-        let shard = &self.shards[(h.finish() as usize) % SHARDS];
+        let shard = &self.shards[(self.shard_hasher.hash_one(bare) as usize) % SHARDS];
         // A panic while holding a shard lock cannot leave a map half-updated (every
         // update is a single push/remove/field write), so a poisoned lock is still usable.
         shard.lock().unwrap_or_else(|p| p.into_inner())

@@ -798,23 +798,40 @@ async fn session_loop(
     let mut control = live.channels.control.watcher();
     let control_order = control.recv();
     tokio::pin!(control_order);
+    let shutdown_probe = shutdown.clone();
     let shutdown_signal = shutdown.changed();
     tokio::pin!(shutdown_signal);
     loop {
-        let takeover = live.sm.as_mut().and_then(|s| s.takeover.as_mut());
-        let ev = tokio::select! {
-            biased;
-            ctl = &mut control_order => Ev::Control(ctl),
-            _ = &mut shutdown_signal => Ev::Shutdown,
-            req = async {
-                match takeover {
-                    Some(rx) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => Ev::Takeover(req),
-            out = live.channels.rx.recv() => Ev::Out(out),
-            read = conn.read_some() => Ev::Read(read),
-            () = &mut idle_timer => Ev::Idle,
+        // Traffic is polled first, so an event costs no poll of the close order's and
+        // shutdown's notifiers (each takes a lock). Both still come before traffic: an
+        // atomic load here catches them between events, and their waits below (registered
+        // on the first pass) wake the task when it is idle.
+        let early = if live.channels.control.posted() {
+            live.channels.control.try_recv().ok()
+        } else {
+            None
+        };
+        let ev = if let Some(order) = early {
+            Ev::Control(Some(order))
+        } else if shutdown_probe.has_changed().unwrap_or(true) {
+            Ev::Shutdown
+        } else {
+            let takeover = live.sm.as_mut().and_then(|s| s.takeover.as_mut());
+            tokio::select! {
+                biased;
+                // A resumption elsewhere takes over before more traffic is handled here.
+                req = async {
+                    match takeover {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => Ev::Takeover(req),
+                out = live.channels.rx.recv() => Ev::Out(out),
+                read = conn.read_some() => Ev::Read(read),
+                ctl = &mut control_order => Ev::Control(ctl),
+                _ = &mut shutdown_signal => Ev::Shutdown,
+                () = &mut idle_timer => Ev::Idle,
+            }
         };
         match ev {
             Ev::Idle => {

@@ -12,9 +12,14 @@ use std::fmt;
 /// occupant) and dropping an element does not allocate or free them.
 pub type Text = Cow<'static, str>;
 
-/// The static copy of a common name or namespace.
+/// The static copy of a common name, namespace or attribute name.
 fn common(s: &str) -> Option<&'static str> {
     Some(match s {
+        "to" => "to",
+        "from" => "from",
+        "id" => "id",
+        "type" => "type",
+        "xml:lang" => "xml:lang",
         "jabber:client" => "jabber:client",
         "jabber:server" => "jabber:server",
         "message" => "message",
@@ -91,7 +96,8 @@ pub enum Node {
 pub struct Element {
     name: Text,
     ns: Text,
-    attrs: Vec<(String, String)>,
+    /// Names are [`Text`] too: `to`, `from`, `id` and `type` are on nearly every stanza.
+    attrs: Vec<(Text, String)>,
     children: Vec<Node>,
 }
 
@@ -107,7 +113,7 @@ impl Element {
 
     /// Assembles an element from already validated parts (distinct attribute names),
     /// sparing the parser the per-attribute duplicate scan of `set_attr`.
-    pub(crate) fn from_parts(name: Text, ns: Text, attrs: Vec<(String, String)>) -> Self {
+    pub(crate) fn from_parts(name: Text, ns: Text, attrs: Vec<(Text, String)>) -> Self {
         Element {
             name,
             ns,
@@ -117,7 +123,7 @@ impl Element {
     }
 
     /// Builder: set an attribute.
-    pub fn with_attr(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with_attr(mut self, name: impl IntoText, value: impl Into<String>) -> Self {
         self.set_attr(name, value);
         self
     }
@@ -158,11 +164,11 @@ impl Element {
     }
 
     pub fn attrs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.attrs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.attrs.iter().map(|(k, v)| (k.as_ref(), v.as_str()))
     }
 
-    pub fn set_attr(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        let name = name.into();
+    pub fn set_attr(&mut self, name: impl IntoText, value: impl Into<String>) {
+        let name = name.into_text();
         let value = value.into();
         match self.attrs.iter_mut().find(|(k, _)| *k == name) {
             Some(slot) => slot.1 = value,

@@ -29,7 +29,7 @@ use std::mem;
 
 use thiserror::Error;
 
-use super::element::{Element, IntoText};
+use super::element::{Element, IntoText, Text};
 
 /// Namespace of the stream root and of `<stream:features/>`, `<stream:error/>`.
 pub const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
@@ -235,8 +235,9 @@ impl Utf8 {
 /// An element under construction.
 #[derive(Debug)]
 struct Frame {
-    /// The qualified name as written, which the end tag must repeat exactly.
-    qname: String,
+    /// The qualified name as written, which the end tag must repeat exactly (a static
+    /// string for the common names, so most elements cost no allocation for it).
+    qname: Text,
     /// Length of the namespace scope before this element's declarations.
     scope_mark: usize,
     elem: Element,
@@ -264,10 +265,12 @@ pub struct StreamReader {
     unit_bytes: usize,
     /// Consecutive `]` just seen in character data, to catch `]]>`.
     brackets: u8,
+    /// Scratch for the name being read: kept (not taken) when a tag ends, so reading
+    /// the next name does not allocate; what outlives the tag is a [`Text`].
     tag: String,
     attr_name: String,
     attr_value: String,
-    attrs: Vec<(String, String)>,
+    attrs: Vec<(Text, String)>,
     reference: String,
     decl: String,
     text: String,
@@ -716,7 +719,8 @@ impl StreamReader {
         if self.attrs.iter().any(|(k, _)| *k == self.attr_name) {
             return Err(nwf(format!("duplicate attribute '{}'", self.attr_name)));
         }
-        let name = mem::take(&mut self.attr_name);
+        let name = self.attr_name.as_str().into_text();
+        self.attr_name.clear();
         let value = mem::take(&mut self.attr_value);
         self.attrs.push((name, value));
         self.lex = Lex::AfterValue;
@@ -817,7 +821,8 @@ impl StreamReader {
 
     fn finish_start(&mut self, empty: bool) -> Result<Option<StreamEvent>, XmlError> {
         self.lex = Lex::Text;
-        let qname = mem::take(&mut self.tag);
+        let qname = self.tag.as_str().into_text();
+        self.tag.clear();
         let raw = mem::take(&mut self.attrs);
         let mark = self.scope.len();
         // Most stanzas have neither declarations nor prefixed attributes (`to`, `type`,
@@ -852,7 +857,7 @@ impl StreamReader {
         if let (Some(p), _) = split_qname(&qname)? {
             self.resolve_prefix(p)?;
         }
-        let mut attrs: Vec<(String, String)> = Vec::with_capacity(plain.len());
+        let mut attrs: Vec<(Text, String)> = Vec::with_capacity(plain.len());
         for (k, v) in plain {
             // `xml:*` keeps its spelling: the xml prefix is implicitly bound everywhere
             // and may not be redeclared, so this is what Element::write_to can emit.
@@ -862,7 +867,7 @@ impl StreamReader {
                 }
                 _ => None,
             };
-            let key = expanded.unwrap_or(k);
+            let key = expanded.map_or(k, Text::Owned);
             if attrs.iter().any(|(a, _)| *a == key) {
                 return Err(nwf(format!("duplicate attribute '{key}'")));
             }
@@ -875,9 +880,9 @@ impl StreamReader {
     /// before the element's declarations).
     fn start_element(
         &mut self,
-        qname: String,
+        qname: Text,
         mark: usize,
-        attrs: Vec<(String, String)>,
+        attrs: Vec<(Text, String)>,
         empty: bool,
     ) -> Result<Option<StreamEvent>, XmlError> {
         let (prefix, local) = split_qname(&qname)?;
@@ -893,10 +898,13 @@ impl StreamReader {
                 name: local.into_owned(),
                 ns: ns.into_owned(),
                 default_ns: self.lookup("").unwrap_or("").to_owned(),
-                attrs,
+                attrs: attrs
+                    .into_iter()
+                    .map(|(k, v)| (k.into_owned(), v))
+                    .collect(),
                 namespaces: self.scope[mark..].to_vec(),
             };
-            self.root = qname;
+            self.root = qname.into_owned();
             self.phase = Phase::Body;
             self.counting = false;
             self.unit_bytes = 0;
@@ -921,7 +929,7 @@ impl StreamReader {
 
     fn finish_end(&mut self) -> Result<Option<StreamEvent>, XmlError> {
         self.lex = Lex::Text;
-        let qname = mem::take(&mut self.tag);
+        let qname = self.tag.as_str();
         if let Some(top) = self.stack.last() {
             if top.qname != qname {
                 return Err(nwf(format!(
@@ -929,11 +937,13 @@ impl StreamReader {
                     top.qname
                 )));
             }
+            self.tag.clear();
             return Ok(self.close_element());
         }
         if self.document || qname != self.root {
             return Err(nwf(format!("unexpected end tag '{qname}'")));
         }
+        self.tag.clear();
         self.phase = Phase::Closed;
         self.counting = false;
         self.unit_bytes = 0;
