@@ -205,7 +205,7 @@ impl Conn {
                 return Err(C2sError::Closed);
             }
         };
-        let accept = server.tls.acceptor.accept(tcp);
+        let accept = server.tls.acceptor.accept(crate::net::Tcp(tcp));
         let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept)
             .await
             .map_err(|_| C2sError::Closed)??;

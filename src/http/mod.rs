@@ -141,7 +141,7 @@ async fn connection(
     let _ = tcp.set_nodelay(true);
     let trusted = cfg.consider_secure || (cfg.loopback_is_secure && peer.ip().is_loopback());
     let (io, bindings) = if cfg.tls {
-        let accept = http.server.tls.http_acceptor.accept(tcp);
+        let accept = http.server.tls.http_acceptor.accept(crate::net::Tcp(tcp));
         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
             Ok(Ok(tls)) => {
                 let bindings = http.server.tls.bindings(&tls);

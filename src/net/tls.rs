@@ -140,7 +140,7 @@ impl TlsSetup {
     }
 
     /// Channel-binding data for an established TLS connection.
-    pub fn bindings(&self, stream: &TlsStream<tokio::net::TcpStream>) -> ChannelBindings {
+    pub fn bindings(&self, stream: &TlsStream<super::Tcp>) -> ChannelBindings {
         let (_, conn) = stream.get_ref();
         // RFC 9266: tls-exporter is only defined for TLS 1.3 (or 1.2 with EMS, which we
         // cannot tell from here), so it is offered for 1.3 only.

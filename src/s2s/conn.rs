@@ -109,7 +109,7 @@ impl Conn {
     /// Server side of TLS (a peer connected to us).
     pub async fn accept_tls(&mut self, server: &ServerState) -> Result<(), S2sError> {
         let tcp = self.take_plain()?;
-        let accept = server.tls.s2s_acceptor.accept(tcp);
+        let accept = server.tls.s2s_acceptor.accept(crate::net::Tcp(tcp));
         let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept)
             .await
             .map_err(|_| S2sError::Io(std::io::ErrorKind::TimedOut.into()))??;
