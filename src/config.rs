@@ -19,6 +19,9 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// More runtime threads than this is a typo, not a plan.
+const MAX_WORKERS: usize = 1024;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -29,6 +32,8 @@ pub struct Config {
     pub admins: Vec<String>,
     /// Default log filter; `RUST_LOG` overrides it.
     pub log_level: String,
+    /// Threads that run sessions; 0 means one per CPU core.
+    pub workers: usize,
     pub c2s: C2sConfig,
     pub s2s: S2sConfig,
     pub muc: MucConfig,
@@ -264,6 +269,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             admins: Vec::new(),
             log_level: "info".into(),
+            workers: 0,
             c2s: C2sConfig::default(),
             s2s: S2sConfig::default(),
             muc: MucConfig::default(),
@@ -388,6 +394,12 @@ impl Config {
         for admin in &self.admins {
             jid::BareJid::new(admin)
                 .map_err(|e| ConfigError::Invalid(format!("admin {admin:?}: {e}")))?;
+        }
+        if self.workers > MAX_WORKERS {
+            return Err(ConfigError::Invalid(format!(
+                "workers = {} (at most {MAX_WORKERS})",
+                self.workers
+            )));
         }
         for list in [
             &self.c2s.listen,
@@ -560,6 +572,7 @@ mod tests {
         assert!(Config::parse("[c2s]\nlisten = [\"nowhere\"]").is_err());
         assert!(Config::parse("bogus = 1").is_err());
         assert!(Config::parse("[limits]\nmax_depth = 2").is_err());
+        assert!(Config::parse("workers = 100000").is_err());
         assert!(Config::parse("[tls]\ncertificate = \"x.pem\"").is_err());
     }
 }

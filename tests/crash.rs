@@ -88,7 +88,9 @@ async fn sigkill_loses_no_acknowledged_message() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\n[c2s]\nlisten = [\"127.0.0.1:{port}\"]\ndirect_tls_listen = []\n\
+            // One runtime worker: the default (one per core) runs in every other suite
+            // that starts the binary; this one covers the `workers` setting too.
+            "data_dir = {:?}\nworkers = 1\n[c2s]\nlisten = [\"127.0.0.1:{port}\"]\ndirect_tls_listen = []\n\
              [s2s]\nlisten = []\n[http]\nlisten = []\n[limits]\nauth_failure_delay_ms = 10\n",
             dir.path().join("data")
         ),
