@@ -69,26 +69,6 @@ def metrics(d, name):
             f"{s['lost']} / {s['duplicated']} / {s['reordered']}", None)
         m[f"  load tool CPU @ {rate:.0f}/s, {where} (% of a core)"] = (
             s.get("tool_cpu_pct"), None)
-    # Starling only: the same fixed-rate chat with the default runtime and with one worker.
-    labels = {"default": "default workers", "one": "one worker"}
-    runs = []
-    for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
-        for kind in labels:
-            prefix = f"{name}-workers-{kind}-"
-            if f.startswith(prefix) and f.endswith(".json"):
-                runs.append((int(f[len(prefix):-5]), kind))
-    for rate, kind in sorted(runs):
-        steps = get(load(d, name, f"workers-{kind}-{rate}"), "steps") or []
-        if not steps:
-            continue
-        s, label = steps[-1], labels[kind]
-        m[f"server CPU per 1:1 message @ {rate:,}/s, {label} (µs)"] = (
-            s.get("server_cpu_us_per_delivery"), None)
-        m[f"  of which kernel @ {rate:,}/s, {label} (µs)"] = (
-            s.get("server_sys_us_per_delivery"), None)
-        m[f"  p99 (ms); lost / dup / reordered @ {rate:,}/s, {label}"] = (
-            f"{s['latency_us']['p99']/1000:.2f}; "
-            f"{s['lost']} / {s['duplicated']} / {s['reordered']}", None)
     muc = load(d, name, "muc")
     mb = get(muc, "best")
     m["MUC: best deliveries/s"] = (get(mb, "delivered_per_s"), True)
