@@ -15,6 +15,7 @@ use crate::xml::reader::{Limits, StreamEvent, StreamHeader, StreamReader, XmlErr
 use crate::xml::Element;
 use crate::ServerState;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -99,6 +100,37 @@ struct FramedState {
     end: Framed,
     pending: VecDeque<StreamEvent>,
     out: Vec<Frame>,
+}
+
+thread_local! {
+    /// One output buffer per runtime thread, lent to whichever session writes next: a
+    /// write then needs no allocation, and sessions between writes hold none.
+    static SPARE_OUT: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A buffer is only kept for reuse up to this size; a rare large write gives its memory back.
+const OUT_KEEP: usize = 16 * 1024;
+
+/// An empty output buffer: this thread's spare if it has one.
+fn out_buffer() -> Vec<u8> {
+    let spare = SPARE_OUT.with(|s| s.take());
+    if spare.capacity() == 0 {
+        Vec::with_capacity(OUT_INITIAL)
+    } else {
+        spare
+    }
+}
+
+/// Hands a written buffer back as this thread's spare (or frees it).
+fn recycle_out_buffer(mut buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > OUT_KEEP {
+        return;
+    }
+    buf.clear();
+    SPARE_OUT.with(|s| {
+        let old = s.replace(buf);
+        drop(old);
+    });
 }
 
 pub struct Conn {
@@ -345,7 +377,7 @@ impl Conn {
             return self.queue(&shared.to_element(to));
         }
         if self.out.capacity() == 0 {
-            self.out.reserve(OUT_INITIAL);
+            self.out = out_buffer();
         }
         shared.write_client(&mut self.out, to);
     }
@@ -360,7 +392,7 @@ impl Conn {
             return;
         }
         if self.out.capacity() == 0 {
-            self.out.reserve(OUT_INITIAL);
+            self.out = out_buffer();
         }
         if el.ns() == ns::STREAM {
             self.out.extend_from_slice(b"<stream:");
@@ -403,14 +435,20 @@ impl Conn {
         }
         let io = self.io.as_mut().ok_or(C2sError::Closed)?;
         let out = &self.out;
-        let result = tokio::time::timeout(self.write_timeout, async {
+        let write = async {
             io.write_all(out).await?;
             io.flush().await
-        })
-        .await;
-        // Nothing stays allocated between writes: an idle session should cost as little
-        // as possible, and one allocation per batch of stanzas is cheap next to the write.
-        self.out = Vec::new();
+        };
+        tokio::pin!(write);
+        // A socket with room (nearly always) takes the whole batch in the first poll: the
+        // deadline, which costs a clock read and a timer, is only set up when it does not.
+        let result = match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => tokio::time::timeout(self.write_timeout, write).await,
+        };
+        // Nothing stays allocated by an idle session: the buffer goes back to this
+        // thread's spare for the next write (see `out_buffer`).
+        recycle_out_buffer(std::mem::take(&mut self.out));
         match result {
             Ok(r) => Ok(r?),
             Err(_) => Err(C2sError::Io(std::io::ErrorKind::TimedOut.into())),
