@@ -260,6 +260,9 @@ pub struct LimitsConfig {
     pub command_session_timeout_secs: u64,
     /// Seconds a write may wait for the peer to read before the connection is dropped.
     pub write_timeout_secs: u64,
+    /// Milliseconds a stream we close waits for the peer's own closing tag (RFC 6120
+    /// §4.4) before the connection is dropped.
+    pub close_wait_ms: u64,
 }
 
 impl Default for Config {
@@ -345,6 +348,7 @@ impl Default for LimitsConfig {
             session_queue: 1024,
             command_session_timeout_secs: 600,
             write_timeout_secs: 30,
+            close_wait_ms: 2000,
         }
     }
 }
@@ -513,6 +517,7 @@ impl Config {
                 "http.public_url must be empty or an http(s):// URL",
             ),
             (l.write_timeout_secs >= 1, "limits.write_timeout_secs >= 1"),
+            (l.close_wait_ms <= 60_000, "limits.close_wait_ms <= 60000"),
             (self.sm.max_unacked >= 16, "sm.max_unacked >= 16"),
             (
                 self.mam.max_page >= 1 && self.mam.default_page >= 1,
@@ -573,6 +578,7 @@ mod tests {
         assert!(Config::parse("bogus = 1").is_err());
         assert!(Config::parse("[limits]\nmax_depth = 2").is_err());
         assert!(Config::parse("workers = 100000").is_err());
+        assert!(Config::parse("[limits]\nclose_wait_ms = 120000").is_err());
         assert!(Config::parse("[tls]\ncertificate = \"x.pem\"").is_err());
     }
 }

@@ -603,6 +603,23 @@ async fn clean_close_handshake() {
 }
 
 #[tokio::test]
+async fn a_silent_peer_is_dropped_after_the_closing_wait() {
+    // The server closes the stream and waits `limits.close_wait_ms` for our closing tag;
+    // a client that never sends it is disconnected then, not held open.
+    let s = TestServer::start_with(|c| c.limits.close_wait_ms = 300).await;
+    let mut a = Client::connect(s.c2s).await;
+    a.open().await;
+    a.send("<bogus xmlns='jabber:client'><unclosed></bogus>")
+        .await;
+    // The error and the server's closing tag.
+    assert_eq!(a.stream_error().await.as_deref(), Some("not-well-formed"));
+    // Then the connection itself ends without a word from us: end of file, not a timeout
+    // (`next` panics if nothing comes within its limit).
+    assert!(matches!(a.next().await, Got::Closed));
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn in_band_registration_password_change_and_removal() {
     let s = TestServer::start_with(|c| c.c2s.allow_registration = true).await;
     let mut c = Client::connect(s.c2s).await;

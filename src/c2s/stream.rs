@@ -147,6 +147,8 @@ pub struct Conn {
     domain: String,
     /// A peer that does not drain its socket for this long is gone as far as we care.
     write_timeout: Duration,
+    /// How long a closed stream waits for the peer's closing tag (`limits.close_wait_ms`).
+    close_wait: Duration,
 }
 
 impl Conn {
@@ -163,6 +165,7 @@ impl Conn {
             stream_id: 0,
             domain: server.config.domain.clone(),
             write_timeout: Duration::from_secs(l.write_timeout_secs),
+            close_wait: Duration::from_millis(l.close_wait_ms),
         }
     }
 
@@ -208,6 +211,7 @@ impl Conn {
             stream_id: 0,
             domain: server.config.domain.clone(),
             write_timeout: Duration::from_secs(l.write_timeout_secs),
+            close_wait: Duration::from_millis(l.close_wait_ms),
         }
     }
 
@@ -524,7 +528,7 @@ impl Conn {
         }
         // Wait briefly for the peer to close its side, discarding what it still sends.
         let mut scratch = [0u8; 1024];
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let deadline = tokio::time::Instant::now() + self.close_wait;
         if let Some(io) = self.io.as_mut() {
             let _ = io.shutdown().await;
             while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, io.read(&mut scratch)).await {

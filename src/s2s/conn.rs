@@ -56,6 +56,8 @@ pub struct Conn {
     /// A peer that does not drain its socket for this long is treated as gone: what
     /// we could not write is bounced rather than piling up.
     write_timeout: Duration,
+    /// How long a closed stream waits for the peer's closing tag (`limits.close_wait_ms`).
+    close_wait: Duration,
 }
 
 impl Conn {
@@ -75,6 +77,7 @@ impl Conn {
             local: server.config.domain.clone(),
             peer_certs: Vec::new(),
             write_timeout: Duration::from_secs(l.write_timeout_secs),
+            close_wait: Duration::from_millis(l.close_wait_ms),
         }
     }
 
@@ -345,7 +348,7 @@ impl Conn {
             return;
         }
         let mut scratch = [0u8; 1024];
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let deadline = tokio::time::Instant::now() + self.close_wait;
         if let Some(io) = self.io.as_mut() {
             let _ = io.shutdown().await;
             while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, io.read(&mut scratch)).await {

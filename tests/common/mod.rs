@@ -60,6 +60,9 @@ impl TestServer {
         config.http.listen = vec![];
         // Failed logins are delayed in production; tests need not wait.
         config.limits.auth_failure_delay_ms = 10;
+        // Test clients are often still connected, and silent, when their server stops:
+        // waiting the production 2 s for each one's closing tag only slows the suite.
+        config.limits.close_wait_ms = 250;
         tweak(&mut config);
         let server = Server::start(config).await.expect("server starts");
         TestServer {
