@@ -11,21 +11,15 @@ use crate::ns;
 use crate::sasl::ChannelBindings;
 use crate::sessions::SharedStanza;
 use crate::stanza::StreamError;
-use crate::xml::reader::{Limits, StreamEvent, StreamHeader, StreamReader, XmlError};
+use crate::xml::reader::{Limits, StreamEvent, StreamHeader, StreamReader};
 use crate::xml::Element;
 use crate::ServerState;
 use std::collections::VecDeque;
-use std::future::Future;
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-const READ_CHUNK: usize = 4096;
 /// Largest element accepted before authentication. Nothing a client legitimately sends
 /// then (stream headers, STARTTLS, SASL, in-band registration) comes near it, and it
 /// bounds what an unauthenticated connection can make us hold; the configured
@@ -33,25 +27,9 @@ const READ_CHUNK: usize = 4096;
 pub const PREAUTH_MAX_STANZA: usize = 16 * 1024;
 /// What the output buffer starts with once something is queued (most writes fit).
 const OUT_INITIAL: usize = 512;
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
-#[derive(Debug, thiserror::Error)]
-pub enum C2sError {
-    /// Send this stream error, then close.
-    #[error("stream error: {0}")]
-    Stream(StreamError),
-    /// The peer closed the stream (or the connection) cleanly.
-    #[error("closed")]
-    Closed,
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-impl From<XmlError> for C2sError {
-    fn from(e: XmlError) -> Self {
-        C2sError::Stream(StreamError::new(e.condition()).with_text(e.to_string()))
-    }
-}
+/// Why a client stream stops (the same as a server stream's).
+pub type C2sError = crate::net::StreamEnd;
 
 /// What an HTTP transport hands the stream: a top-level event, or the stream error its
 /// framing or limits call for (the stream then ends with that error).
@@ -242,7 +220,7 @@ impl Conn {
             }
         };
         let accept = server.tls.acceptor.accept(crate::net::Tcp(tcp));
-        let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept)
+        let tls = tokio::time::timeout(crate::net::TLS_HANDSHAKE_TIMEOUT, accept)
             .await
             .map_err(|_| C2sError::Closed)??;
         self.bindings = server.tls.bindings(&tls);
@@ -271,17 +249,13 @@ impl Conn {
         self.header_sent = false;
     }
 
-    /// Reads once from the socket into the parser.
-    ///
-    /// The read buffer lives on the stack of a single poll, never across an await: a
-    /// connection waiting for input (nearly all of them, nearly all the time) holds no
-    /// read buffer of its own. Whatever a poll reads goes to the parser in that same poll,
-    /// so the future is cancel-safe (the session loop races it against outbound traffic).
-    /// Input the parser has already consumed does not keep its buffers either.
+    /// Reads once from the socket (or the HTTP transport) into the parser. Cancel-safe:
+    /// the session loop races it against outbound traffic.
     pub async fn read_some(&mut self) -> Result<(), C2sError> {
+        // Input the parser has already consumed does not keep its buffers.
         self.reader.release_idle();
         if let Some(f) = self.framed.as_mut() {
-            // mpsc::Receiver::recv is cancel-safe, like the socket read below.
+            // mpsc::Receiver::recv is cancel-safe, like the socket read.
             return match f.end.incoming.recv().await {
                 Some(Inbound::Event(Ok(ev))) => {
                     f.pending.push_back(ev);
@@ -293,23 +267,7 @@ impl Conn {
             };
         }
         let io = self.io.as_mut().ok_or(C2sError::Closed)?;
-        let reader = &mut self.reader;
-        std::future::poll_fn(|cx| {
-            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-            let mut buf = ReadBuf::uninit(&mut chunk);
-            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Err(e)) => Poll::Ready(Err(C2sError::Io(e))),
-                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
-                    Poll::Ready(Err(C2sError::Closed))
-                }
-                Poll::Ready(Ok(())) => {
-                    reader.feed(buf.filled());
-                    Poll::Ready(Ok(()))
-                }
-            }
-        })
-        .await
+        io.read_into(&mut self.reader).await
     }
 
     pub fn next_event(&mut self) -> Result<Option<StreamEvent>, C2sError> {
@@ -429,7 +387,7 @@ impl Conn {
                 match tokio::time::timeout(self.write_timeout, f.end.outgoing.send(frame)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return Err(C2sError::Closed),
-                    Err(_) => return Err(C2sError::Io(std::io::ErrorKind::TimedOut.into())),
+                    Err(_) => return Err(C2sError::timed_out()),
                 }
             }
             return Ok(());
@@ -438,25 +396,11 @@ impl Conn {
             return Ok(());
         }
         let io = self.io.as_mut().ok_or(C2sError::Closed)?;
-        let out = &self.out;
-        let write = async {
-            io.write_all(out).await?;
-            io.flush().await
-        };
-        tokio::pin!(write);
-        // A socket with room (nearly always) takes the whole batch in the first poll: the
-        // deadline, which costs a clock read and a timer, is only set up when it does not.
-        let result = match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-            Poll::Ready(r) => Ok(r),
-            Poll::Pending => tokio::time::timeout(self.write_timeout, write).await,
-        };
+        let result = io.write_batch(&self.out, self.write_timeout).await;
         // Nothing stays allocated by an idle session: the buffer goes back to this
         // thread's spare for the next write (see `out_buffer`).
         recycle_out_buffer(std::mem::take(&mut self.out));
-        match result {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(C2sError::Io(std::io::ErrorKind::TimedOut.into())),
-        }
+        result
     }
 
     /// Ends the stream: the stream error if any, our closing tag, and a short wait for
@@ -526,16 +470,8 @@ impl Conn {
         if self.flush().await.is_err() {
             return;
         }
-        // Wait briefly for the peer to close its side, discarding what it still sends.
-        let mut scratch = [0u8; 1024];
-        let deadline = tokio::time::Instant::now() + self.close_wait;
         if let Some(io) = self.io.as_mut() {
-            let _ = io.shutdown().await;
-            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, io.read(&mut scratch)).await {
-                if n == 0 {
-                    break;
-                }
-            }
+            io.linger(self.close_wait).await;
         }
     }
 }

@@ -26,7 +26,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long open HTTP exchanges get to finish once shutdown starts.
 const GRACEFUL_SHUTDOWN: Duration = Duration::from_secs(5);
 
@@ -142,7 +141,7 @@ async fn connection(
     let trusted = cfg.consider_secure || (cfg.loopback_is_secure && peer.ip().is_loopback());
     let (io, bindings) = if cfg.tls {
         let accept = http.server.tls.http_acceptor.accept(crate::net::Tcp(tcp));
-        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+        match tokio::time::timeout(crate::net::TLS_HANDSHAKE_TIMEOUT, accept).await {
             Ok(Ok(tls)) => {
                 let bindings = http.server.tls.bindings(&tls);
                 (crate::net::MaybeTls::Tls(Box::new(tls)), bindings)

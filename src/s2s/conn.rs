@@ -12,40 +12,22 @@ use crate::net::MaybeTls;
 use crate::ns;
 use crate::stanza::StreamError;
 use crate::xml::element::escape;
-use crate::xml::reader::{Limits, StreamEvent, StreamHeader, StreamReader, XmlError};
+use crate::xml::reader::{Limits, StreamEvent, StreamHeader, StreamReader};
 use crate::xml::{Element, Node};
 use crate::ServerState;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const READ_CHUNK: usize = 4096;
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+use crate::net::TLS_HANDSHAKE_TIMEOUT;
 
-#[derive(Debug, thiserror::Error)]
-pub enum S2sError {
-    /// Send this stream error, then close.
-    #[error("stream error: {0}")]
-    Stream(StreamError),
-    /// The peer closed the stream (or the connection) cleanly.
-    #[error("closed")]
-    Closed,
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-impl From<XmlError> for S2sError {
-    fn from(e: XmlError) -> Self {
-        S2sError::Stream(StreamError::new(e.condition()).with_text(e.to_string()))
-    }
-}
+/// Why a server stream stops (the same as a client stream's).
+pub type S2sError = crate::net::StreamEnd;
 
 pub struct Conn {
     io: Option<MaybeTls>,
     reader: StreamReader,
-    rbuf: Vec<u8>,
     out: Vec<u8>,
     pub peer: SocketAddr,
     header_sent: bool,
@@ -70,7 +52,6 @@ impl Conn {
                 max_depth: l.max_depth,
                 max_attrs: l.max_attrs,
             }),
-            rbuf: vec![0; READ_CHUNK],
             out: Vec::new(),
             peer,
             header_sent: false,
@@ -93,10 +74,6 @@ impl Conn {
         &self.peer_certs
     }
 
-    fn io(&mut self) -> Result<&mut MaybeTls, S2sError> {
-        self.io.as_mut().ok_or(S2sError::Closed)
-    }
-
     fn take_plain(&mut self) -> Result<TcpStream, S2sError> {
         match self.io.take() {
             Some(MaybeTls::Plain(tcp)) => Ok(tcp),
@@ -115,7 +92,7 @@ impl Conn {
         let accept = server.tls.s2s_acceptor.accept(crate::net::Tcp(tcp));
         let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept)
             .await
-            .map_err(|_| S2sError::Io(std::io::ErrorKind::TimedOut.into()))??;
+            .map_err(|_| S2sError::timed_out())??;
         self.peer_certs = tls
             .get_ref()
             .1
@@ -144,7 +121,7 @@ impl Conn {
         };
         let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
             .await
-            .map_err(|_| S2sError::Io(std::io::ErrorKind::TimedOut.into()))??;
+            .map_err(|_| S2sError::timed_out())??;
         self.peer_certs = tls
             .get_ref()
             .1
@@ -171,15 +148,10 @@ impl Conn {
     }
 
     /// Reads once from the socket into the parser. Cancel-safe (it is raced against
-    /// queues and timers): the buffer is borrowed, never moved out.
+    /// queues and timers).
     pub async fn read_some(&mut self) -> Result<(), S2sError> {
         let io = self.io.as_mut().ok_or(S2sError::Closed)?;
-        let n = io.read(&mut self.rbuf).await?;
-        if n == 0 {
-            return Err(S2sError::Closed);
-        }
-        self.reader.feed(&self.rbuf[..n]);
-        Ok(())
+        io.read_into(&mut self.reader).await
     }
 
     pub fn next_event(&mut self) -> Result<Option<StreamEvent>, S2sError> {
@@ -299,23 +271,14 @@ impl Conn {
         if self.out.is_empty() {
             return Ok(());
         }
-        let out = std::mem::take(&mut self.out);
         let limit = self.write_timeout;
-        let io = self.io()?;
-        let result = tokio::time::timeout(limit, async {
-            io.write_all(&out).await?;
-            io.flush().await
-        })
-        .await;
-        self.out = out;
+        let io = self.io.as_mut().ok_or(S2sError::Closed)?;
+        let result = io.write_batch(&self.out, limit).await;
         self.out.clear();
         if self.out.capacity() > 64 * 1024 {
             self.out.shrink_to(4096);
         }
-        match result {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(S2sError::Io(std::io::ErrorKind::TimedOut.into())),
-        }
+        result
     }
 
     /// Ends the stream: the stream error if any, our closing tag, and a short wait for
@@ -347,15 +310,8 @@ impl Conn {
         if self.flush().await.is_err() {
             return;
         }
-        let mut scratch = [0u8; 1024];
-        let deadline = tokio::time::Instant::now() + self.close_wait;
         if let Some(io) = self.io.as_mut() {
-            let _ = io.shutdown().await;
-            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, io.read(&mut scratch)).await {
-                if n == 0 {
-                    break;
-                }
-            }
+            io.linger(self.close_wait).await;
         }
     }
 }
