@@ -79,6 +79,19 @@ fn rsm(fin: &Element, name: &str) -> Option<String> {
     fin.child("set", RSM).and_then(|s| s.child_text(name, RSM))
 }
 
+/// XEP-0059's `<count/>` and the `index` of `<first/>`, as numbers.
+fn count_and_index(fin: &Element) -> (Option<usize>, Option<usize>) {
+    let set = fin.child("set", RSM);
+    let count = set
+        .and_then(|s| s.child_text("count", RSM))
+        .and_then(|c| c.parse().ok());
+    let index = set
+        .and_then(|s| s.child("first", RSM))
+        .and_then(|f| f.attr("index"))
+        .and_then(|i| i.parse().ok());
+    (count, index)
+}
+
 #[tokio::test]
 async fn both_sides_archived_with_stanza_ids() {
     let s = server(&["alice", "bob"]).await;
@@ -181,8 +194,10 @@ async fn paging_and_filters() {
     .await;
     assert_eq!(bodies(&p1), vec!["m0", "m1", "m2"]);
     assert_ne!(fin.attr("complete"), Some("true"));
+    // The full set has ten; this page starts at its beginning.
+    assert_eq!(count_and_index(&fin), (Some(10), Some(0)));
     let last = rsm(&fin, "last").expect("last");
-    let (p2, _) = query(
+    let (p2, fin) = query(
         &mut b,
         None,
         &[],
@@ -192,6 +207,8 @@ async fn paging_and_filters() {
     )
     .await;
     assert_eq!(bodies(&p2), vec!["m3", "m4", "m5"]);
+    // Paging with <after/> moves the index along; the count stays the full set's.
+    assert_eq!(count_and_index(&fin), (Some(10), Some(3)));
     // The last page, then the page before it.
     let (p, fin) = query(
         &mut b,
@@ -201,6 +218,7 @@ async fn paging_and_filters() {
     )
     .await;
     assert_eq!(bodies(&p), vec!["m6", "m7", "m8", "m9"]);
+    assert_eq!(count_and_index(&fin), (Some(10), Some(6)));
     let first = rsm(&fin, "first").expect("first");
     let (p, fin) = query(
         &mut b,
@@ -211,10 +229,36 @@ async fn paging_and_filters() {
     .await;
     assert_eq!(bodies(&p), vec!["m2", "m3", "m4", "m5"]);
     assert_ne!(fin.attr("complete"), Some("true"));
+    assert_eq!(count_and_index(&fin), (Some(10), Some(2)));
+    // A flipped page: the same items, delivered newest first; <first/> and <last/> still
+    // name the page's oldest and newest, so paging on from them works as without.
+    let (p, flipped) = query(
+        &mut b,
+        None,
+        &[],
+        &format!("<set xmlns='http://jabber.org/protocol/rsm'><max>4</max><before>{first}</before></set><flip-page/>"),
+    )
+    .await;
+    assert_eq!(bodies(&p), vec!["m5", "m4", "m3", "m2"]);
+    assert_eq!(rsm(&flipped, "first"), rsm(&fin, "first"));
+    assert_eq!(rsm(&flipped, "last"), rsm(&fin, "last"));
+    assert_eq!(count_and_index(&flipped), (Some(10), Some(2)));
+    // Only the count (max 0): no items, no first or last.
+    let (p, fin) = query(
+        &mut b,
+        None,
+        &[],
+        "<set xmlns='http://jabber.org/protocol/rsm'><max>0</max></set>",
+    )
+    .await;
+    assert!(p.is_empty());
+    assert_eq!(count_and_index(&fin), (Some(10), None));
+    assert_eq!(rsm(&fin, "first"), None);
     // One conversation; an index into the range.
-    let (p, _) = query(&mut b, None, &[("with", "carol@localhost")], "").await;
+    let (p, fin) = query(&mut b, None, &[("with", "carol@localhost")], "").await;
     assert_eq!(bodies(&p), vec!["m1", "m3", "m5", "m7", "m9"]);
-    let (p, _) = query(
+    assert_eq!(count_and_index(&fin), (Some(5), Some(0)));
+    let (p, fin) = query(
         &mut b,
         None,
         &[],
@@ -222,6 +266,7 @@ async fn paging_and_filters() {
     )
     .await;
     assert_eq!(bodies(&p), vec!["m7", "m8"]);
+    assert_eq!(count_and_index(&fin), (Some(10), Some(7)));
     // By id: after-id/before-id and an id list.
     let ids: Vec<String> = query(&mut b, None, &[], "")
         .await
@@ -229,7 +274,7 @@ async fn paging_and_filters() {
         .iter()
         .map(|r| archived(r).0)
         .collect();
-    let (p, _) = query(
+    let (p, fin) = query(
         &mut b,
         None,
         &[("after-id", &ids[2]), ("before-id", &ids[6])],
@@ -237,14 +282,18 @@ async fn paging_and_filters() {
     )
     .await;
     assert_eq!(bodies(&p), vec!["m3", "m4", "m5"]);
-    let (p, _) = query(&mut b, None, &[("ids", &ids[8]), ("ids", &ids[1])], "").await;
+    // The form's id bounds define the full set (unlike RSM's paging).
+    assert_eq!(count_and_index(&fin), (Some(3), Some(0)));
+    let (p, fin) = query(&mut b, None, &[("ids", &ids[8]), ("ids", &ids[1])], "").await;
     assert_eq!(bodies(&p), vec!["m1", "m8"]);
+    assert_eq!(count_and_index(&fin), (Some(2), Some(0)));
     // Time: everything from the far past, nothing from the far future.
     let (p, _) = query(&mut b, None, &[("start", "2000-01-01T00:00:00Z")], "").await;
     assert_eq!(p.len(), 10);
     let (p, fin) = query(&mut b, None, &[("start", "2999-01-01T00:00:00Z")], "").await;
     assert!(p.is_empty());
     assert_eq!(fin.attr("complete"), Some("true"));
+    assert_eq!(count_and_index(&fin), (Some(0), None));
     let (p, _) = query(&mut b, None, &[("end", "2000-01-01T00:00:00Z")], "").await;
     assert!(p.is_empty());
     // An id the archive never had, and a date that is not one.

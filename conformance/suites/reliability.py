@@ -420,8 +420,10 @@ async def mam_archive(ctx):
                   and rs.findtext(q(NS_RSM, "last")) == page[-1][0],
                   f"RSM first/last do not match the page: {xml_of(fin)} vs {page}")
             complete = fin.get("complete") in ("true", "1")
-            if rs.findtext(q(NS_RSM, "count")) is not None:
-                check(rs.findtext(q(NS_RSM, "count")) == "6", f"count: {xml_of(fin)}")
+            # XEP-0059: the full set's size, and where in it this page starts.
+            check(rs.findtext(q(NS_RSM, "count")) == "6", f"count: {xml_of(fin)}")
+            check(rs.find(q(NS_RSM, "first")).get("index") == str(2 * (len(pages) - 1)),
+                  f"index of page {len(pages)}: {xml_of(fin)}")
             if complete:
                 break
             after = page[-1][0]

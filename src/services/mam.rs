@@ -430,7 +430,8 @@ pub fn run_query(
     if let Some(ids) = &q.ids {
         aq.ids = Some(ids.iter().map(|i| parse_id(i)).collect::<Result<_, _>>()?);
     }
-    // XEP-0059 paging on top of the form's filters.
+    // The full result set is what the form's filters select; XEP-0059 pages through it.
+    let full = aq.clone();
     if let Some(a) = q.rsm_after.as_deref().filter(|a| !a.is_empty()) {
         let id = known(parse_id(a)?)?;
         aq.after_id = Some(aq.after_id.map_or(id, |x| x.max(id)));
@@ -481,15 +482,26 @@ pub fn run_query(
             let _ = r.handle.send(msg);
         }
     }
+    // The page's first and last in archive order (`flip-page` only reverses delivery).
+    let bounds = page.items.iter().map(|(id, _)| *id);
+    let (first, last) = (bounds.clone().min(), bounds.max());
+    let (count, index) = server
+        .store
+        .archive_count(archive, &full, first)
+        .map_err(|e| {
+            tracing::error!(%archive, "counting an archive query failed: {e}");
+            StanzaError::internal_server_error()
+        })?;
     let mut set = Element::new("set", ns::RSM);
-    if let (Some(first), Some(last)) = (page.items.first(), page.items.last()) {
-        let mut f = Element::new("first", ns::RSM).with_text(id_to_string(first.0));
-        if !aq.from_end && aq.ids.is_none() {
-            f.set_attr("index", aq.index.to_string());
-        }
-        set.push(f);
-        set.push(Element::new("last", ns::RSM).with_text(id_to_string(last.0)));
+    if let (Some(first), Some(last)) = (first, last) {
+        set.push(
+            Element::new("first", ns::RSM)
+                .with_attr("index", index.to_string())
+                .with_text(id_to_string(first)),
+        );
+        set.push(Element::new("last", ns::RSM).with_text(id_to_string(last)));
     }
+    set.push(Element::new("count", ns::RSM).with_text(count.to_string()));
     let mut fin = Element::new("fin", ns::MAM).with_child(set);
     if page.complete {
         fin.set_attr("complete", "true");

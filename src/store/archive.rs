@@ -106,11 +106,36 @@ fn with_key(owner: &str, with: &str, id: u64) -> Vec<u8> {
     k
 }
 
+/// The archive id that ends a key of the record tree or of a conversation index.
+fn id_in_key(key: &[u8], prefix_len: usize) -> Result<u64, StoreError> {
+    key.get(prefix_len..)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt("bad key"))
+}
+
 fn corrupt(detail: &str) -> StoreError {
     StoreError::Corrupt {
         tree: "archive",
         detail: detail.into(),
     }
+}
+
+/// The id range `[lo, hi]` a query's filters allow (time and id bounds), or `None`
+/// when they allow nothing.
+fn id_range(q: &ArchiveQuery) -> Option<(u64, u64)> {
+    let mut lo = q.start.map(id_at).unwrap_or(0);
+    let mut hi = q
+        .end
+        .map(|e| id_at(e.saturating_add(1)).saturating_sub(1))
+        .unwrap_or(u64::MAX);
+    if let Some(a) = q.after_id {
+        lo = lo.max(a.saturating_add(1));
+    }
+    if let Some(b) = q.before_id {
+        hi = hi.min(b.checked_sub(1)?);
+    }
+    (lo <= hi).then_some((lo, hi))
 }
 
 impl Store {
@@ -162,39 +187,13 @@ impl Store {
                 complete: true,
             });
         }
-        // The id range [lo, hi] the filters allow.
-        let mut lo = q.start.map(id_at).unwrap_or(0);
-        let mut hi = q
-            .end
-            .map(|e| id_at(e.saturating_add(1)).saturating_sub(1))
-            .unwrap_or(u64::MAX);
-        if let Some(a) = q.after_id {
-            lo = lo.max(a.saturating_add(1));
-        }
-        if let Some(b) = q.before_id {
-            if b == 0 {
-                return Ok(ArchivePage {
-                    items: Vec::new(),
-                    complete: true,
-                });
-            }
-            hi = hi.min(b - 1);
-        }
-        if lo > hi {
+        let Some((lo, hi)) = id_range(q) else {
             return Ok(ArchivePage {
                 items: Vec::new(),
                 complete: true,
             });
-        }
-        // Scan either the record tree or the conversation index over that range.
-        let (tree, prefix) = match &q.with {
-            Some(w) => {
-                let mut p = user_key(owner, w.as_bytes());
-                p.push(0);
-                (&self.archive.with, p)
-            }
-            None => (&self.archive.records, user_prefix(owner)),
         };
+        let (tree, prefix) = self.archive_index(owner, q);
         let key = |id: u64| {
             let mut k = prefix.clone();
             k.extend_from_slice(&id.to_be_bytes());
@@ -210,12 +209,7 @@ impl Store {
         };
         for kv in iter.skip(q.index) {
             let (k, _) = kv?;
-            let id = k
-                .get(prefix.len()..)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| corrupt("bad key"))?;
-            ids.push(id);
+            ids.push(id_in_key(&k, prefix.len())?);
             if ids.len() >= want - q.index {
                 break;
             }
@@ -234,6 +228,63 @@ impl Store {
             }
         }
         Ok(ArchivePage { items, complete })
+    }
+
+    /// XEP-0059's figures for the full result set of `q` (its filters; its paging fields
+    /// are ignored): how many items it has, and how many of them come before `first`.
+    /// Counting walks the keys of the range, without reading a record.
+    pub fn archive_count(
+        &self,
+        owner: &str,
+        q: &ArchiveQuery,
+        first: Option<u64>,
+    ) -> Result<(usize, usize), StoreError> {
+        if let Some(ids) = &q.ids {
+            let mut found = Vec::new();
+            for &id in ids {
+                if self.archive_get(owner, id)?.is_some() {
+                    found.push(id);
+                }
+            }
+            found.sort_unstable();
+            found.dedup();
+            let before = first.map_or(0, |f| found.iter().filter(|&&id| id < f).count());
+            return Ok((found.len(), before));
+        }
+        let Some((lo, hi)) = id_range(q) else {
+            return Ok((0, 0));
+        };
+        let (tree, prefix) = self.archive_index(owner, q);
+        let key = |id: u64| {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&id.to_be_bytes());
+            k
+        };
+        let mut total = 0;
+        let mut before = 0;
+        for kv in tree.range(key(lo)..=key(hi)) {
+            let (k, _) = kv?;
+            total += 1;
+            if let Some(f) = first {
+                if id_in_key(&k, prefix.len())? < f {
+                    before += 1;
+                }
+            }
+        }
+        Ok((total, before))
+    }
+
+    /// The tree a query scans (the records, or one conversation's index) and the key
+    /// prefix its ids follow there.
+    fn archive_index(&self, owner: &str, q: &ArchiveQuery) -> (&sled::Tree, Vec<u8>) {
+        match &q.with {
+            Some(w) => {
+                let mut p = user_key(owner, w.as_bytes());
+                p.push(0);
+                (&self.archive.with, p)
+            }
+            None => (&self.archive.records, user_prefix(owner)),
+        }
     }
 
     /// Removes records older than `before` (microseconds); returns how many.
