@@ -120,10 +120,21 @@ async def create_join_order(ctx):
     users = [ctx.user(server) for _ in range(3)]
     async with clients(*(occupant(u, server) for u in users)) as (a, b, c):
         room = await create(a, server, "alice", roomname="Team room", persistentroom="0",
-                            roomdesc="conformance", **{"muc#maxhistoryfetch": "20"})
+                            roomdesc="conformance", lang="en",
+                            **{"muc#maxhistoryfetch": "20"})
         form = await a.plugin["xep_0045"].get_room_config(JID(room), timeout=T)
         got = form.get_values()
         check(got.get("muc#roomconfig_roomname") == "Team room", f"config not applied: {got}")
+        check(got.get("muc#roomconfig_lang") == "en", f"language not applied: {got}")
+        # Anyone can read the room's name and language from its disco#info (muc#roominfo).
+        info = await b.plugin["xep_0030"].get_info(jid=room, timeout=T)
+        x = info.xml.find(f".//{{{NS_DATA}}}x")
+        check(x is not None, f"no muc#roominfo form: {info}")
+        values = {f.get("var"): f.findtext(f"{{{NS_DATA}}}value")
+                  for f in x.findall(f"{{{NS_DATA}}}field")}
+        check(values.get("muc#roominfo_lang") == "en"
+              and values.get("muc#roomconfig_roomname") == "Team room",
+              f"muc#roominfo: {values}")
         pb = await join(b, room, "bob")
         pc = await join(c, room, "carol")
         for p in (pb, pc):

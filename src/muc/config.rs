@@ -58,6 +58,9 @@ pub struct RoomConfig {
     pub allow_pm: AllowPm,
     /// Messages kept for history on join.
     pub history_length: usize,
+    /// The language of the room's discussion (a language tag such as `en` or `pt-BR`;
+    /// empty: not said).
+    pub lang: String,
 }
 
 impl Default for RoomConfig {
@@ -76,6 +79,7 @@ impl Default for RoomConfig {
             allow_invites: false,
             allow_pm: AllowPm::Anyone,
             history_length: 20,
+            lang: String::new(),
         }
     }
 }
@@ -106,6 +110,22 @@ fn with_options(mut f: Element, options: &[(&str, &str)]) -> Element {
         );
     }
     f
+}
+
+/// The shape of a BCP 47 language tag (`en`, `pt-BR`, `zh-Hant-TW`): subtags of one to
+/// eight ASCII letters or digits joined by hyphens, the first of letters only.
+fn is_language_tag(s: &str) -> bool {
+    s.len() <= 35
+        && s.split('-').enumerate().all(|(i, sub)| {
+            (1..=8).contains(&sub.len())
+                && sub.bytes().all(|b| {
+                    if i == 0 {
+                        b.is_ascii_alphabetic()
+                    } else {
+                        b.is_ascii_alphanumeric()
+                    }
+                })
+        })
 }
 
 pub fn form_type(value: &str) -> Element {
@@ -231,6 +251,12 @@ impl RoomConfig {
                 "Messages of history sent on join",
                 &[self.history_length.to_string()],
             ))
+            .with_child(field(
+                "muc#roomconfig_lang",
+                "text-single",
+                "Language of the discussion (e.g. en)",
+                std::slice::from_ref(&self.lang),
+            ))
     }
 
     /// Applies a submitted form (type `submit`) to a copy of this configuration. Unknown
@@ -313,6 +339,12 @@ impl RoomConfig {
                         _ => return Err(bad(format!("{var}: must be 0 to {MAX_HISTORY}"))),
                     }
                 }
+                "muc#roomconfig_lang" => {
+                    if !(one.is_empty() || is_language_tag(&one)) {
+                        return Err(bad(format!("{var}: '{one}' is not a language tag")));
+                    }
+                    c.lang = one.clone();
+                }
                 "" => return Err(bad("a field without 'var'".to_string())),
                 other => return Err(bad(format!("unknown field {other}"))),
             }
@@ -351,6 +383,7 @@ mod tests {
             max_occupants: Some(50),
             whois: Whois::Anyone,
             history_length: 7,
+            lang: "pt-BR".into(),
             ..RoomConfig::default()
         };
         c.allow_pm = AllowPm::Moderators;
@@ -370,6 +403,8 @@ mod tests {
             &[("muc#roomconfig_maxusers", "99999999")],
             &[("muc#maxhistoryfetch", "100000")],
             &[("muc#roomconfig_whois", "everyone")],
+            &[("muc#roomconfig_lang", "en_GB")],
+            &[("muc#roomconfig_lang", "-en")],
             &[("muc#roomconfig_passwordprotectedroom", "1")],
         ] {
             let err = base.apply_form(&submit(fields)).unwrap_err();

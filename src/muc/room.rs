@@ -1148,6 +1148,11 @@ impl Room {
             ))
             .with_child(field("muc#roomconfig_roomname", c.name.clone()))
             .with_child(field("muc#maxhistoryfetch", c.history_length.to_string()));
+        let form = if c.lang.is_empty() {
+            form
+        } else {
+            form.with_child(field("muc#roominfo_lang", c.lang.clone()))
+        };
         query.push(form);
         Ok(Some(query))
     }
