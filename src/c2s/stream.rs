@@ -105,10 +105,7 @@ fn recycle_out_buffer(mut buf: Vec<u8>) {
         return;
     }
     buf.clear();
-    SPARE_OUT.with(|s| {
-        let old = s.replace(buf);
-        drop(old);
-    });
+    SPARE_OUT.with(|s| s.set(buf));
 }
 
 pub struct Conn {

@@ -8,7 +8,7 @@
 //! ([`Conn::queue_stanza`]), children included (a `<body/>` is in the content namespace
 //! too). So nothing past this file ever sees `jabber:server`.
 
-use crate::net::MaybeTls;
+use crate::net::{MaybeTls, TLS_HANDSHAKE_TIMEOUT};
 use crate::ns;
 use crate::stanza::StreamError;
 use crate::xml::element::escape;
@@ -19,8 +19,6 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpStream;
-
-use crate::net::TLS_HANDSHAKE_TIMEOUT;
 
 /// Why a server stream stops (the same as a client stream's).
 pub type S2sError = crate::net::StreamEnd;
@@ -271,9 +269,8 @@ impl Conn {
         if self.out.is_empty() {
             return Ok(());
         }
-        let limit = self.write_timeout;
         let io = self.io.as_mut().ok_or(S2sError::Closed)?;
-        let result = io.write_batch(&self.out, limit).await;
+        let result = io.write_batch(&self.out, self.write_timeout).await;
         self.out.clear();
         if self.out.capacity() > 64 * 1024 {
             self.out.shrink_to(4096);

@@ -397,6 +397,12 @@ fn metadata(server: &ServerState, owner: &str) -> crate::module::IqResult {
     Ok(Some(md))
 }
 
+/// The most archive entries one query walks to count its full result set (XEP-0059
+/// `<count/>` and the `index` of `<first/>`). A larger set gets neither, as XEP-0059
+/// allows when counting would be expensive: a client paging through a huge archive would
+/// otherwise make the server walk all of it for every page.
+const COUNT_LIMIT: usize = 10_000;
+
 /// Runs a query over `archive` for `requester`: sends the results as messages from
 /// `from`, returns the `<fin/>` for the IQ result.
 pub fn run_query(
@@ -447,6 +453,22 @@ pub fn run_query(
         tracing::error!(%archive, "archive query failed: {e}");
         StanzaError::internal_server_error()
     })?;
+    // RSM's first and last are the page's oldest and newest: `flip-page` changes only
+    // the order the results are delivered in.
+    let first = page.items.first().map(|(id, _)| *id);
+    let last = page.items.last().map(|(id, _)| *id);
+    // An id list is its own full result set, all of it on this page.
+    let figures = if aq.ids.is_some() {
+        Some((page.items.len(), 0))
+    } else {
+        server
+            .store
+            .archive_count(archive, &full, first, COUNT_LIMIT)
+            .map_err(|e| {
+                tracing::error!(%archive, "counting an archive query failed: {e}");
+                StanzaError::internal_server_error()
+            })?
+    };
     if q.flip {
         page.items.reverse();
     }
@@ -482,26 +504,18 @@ pub fn run_query(
             let _ = r.handle.send(msg);
         }
     }
-    // The page's first and last in archive order (`flip-page` only reverses delivery).
-    let bounds = page.items.iter().map(|(id, _)| *id);
-    let (first, last) = (bounds.clone().min(), bounds.max());
-    let (count, index) = server
-        .store
-        .archive_count(archive, &full, first)
-        .map_err(|e| {
-            tracing::error!(%archive, "counting an archive query failed: {e}");
-            StanzaError::internal_server_error()
-        })?;
     let mut set = Element::new("set", ns::RSM);
     if let (Some(first), Some(last)) = (first, last) {
-        set.push(
-            Element::new("first", ns::RSM)
-                .with_attr("index", index.to_string())
-                .with_text(id_to_string(first)),
-        );
+        let mut f = Element::new("first", ns::RSM).with_text(id_to_string(first));
+        if let Some((_, index)) = figures {
+            f.set_attr("index", index.to_string());
+        }
+        set.push(f);
         set.push(Element::new("last", ns::RSM).with_text(id_to_string(last)));
     }
-    set.push(Element::new("count", ns::RSM).with_text(count.to_string()));
+    if let Some((count, _)) = figures {
+        set.push(Element::new("count", ns::RSM).with_text(count.to_string()));
+    }
     let mut fin = Element::new("fin", ns::MAM).with_child(set);
     if page.complete {
         fin.set_attr("complete", "true");

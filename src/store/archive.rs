@@ -230,29 +230,20 @@ impl Store {
         Ok(ArchivePage { items, complete })
     }
 
-    /// XEP-0059's figures for the full result set of `q` (its filters; its paging fields
-    /// are ignored): how many items it has, and how many of them come before `first`.
-    /// Counting walks the keys of the range, without reading a record.
+    /// XEP-0059's figures for the full result set of a range query `q` (conversation,
+    /// time and id bounds; its paging fields and `ids` are not looked at): how many items
+    /// it has, and how many of them come before `first`. Counting walks the keys of the
+    /// range without reading a record; a set of more than `limit` items is not counted
+    /// (`None`).
     pub fn archive_count(
         &self,
         owner: &str,
         q: &ArchiveQuery,
         first: Option<u64>,
-    ) -> Result<(usize, usize), StoreError> {
-        if let Some(ids) = &q.ids {
-            let mut found = Vec::new();
-            for &id in ids {
-                if self.archive_get(owner, id)?.is_some() {
-                    found.push(id);
-                }
-            }
-            found.sort_unstable();
-            found.dedup();
-            let before = first.map_or(0, |f| found.iter().filter(|&&id| id < f).count());
-            return Ok((found.len(), before));
-        }
+        limit: usize,
+    ) -> Result<Option<(usize, usize)>, StoreError> {
         let Some((lo, hi)) = id_range(q) else {
-            return Ok((0, 0));
+            return Ok(Some((0, 0)));
         };
         let (tree, prefix) = self.archive_index(owner, q);
         let key = |id: u64| {
@@ -265,13 +256,16 @@ impl Store {
         for kv in tree.range(key(lo)..=key(hi)) {
             let (k, _) = kv?;
             total += 1;
+            if total > limit {
+                return Ok(None);
+            }
             if let Some(f) = first {
                 if id_in_key(&k, prefix.len())? < f {
                     before += 1;
                 }
             }
         }
-        Ok((total, before))
+        Ok(Some((total, before)))
     }
 
     /// The tree a query scans (the records, or one conversation's index) and the key
@@ -369,6 +363,40 @@ mod tests {
         assert!(b > a);
         assert_eq!(id_from_str(&id_to_string(b)), Some(b));
         assert!(id_from_str("xyz").is_none());
+    }
+
+    #[test]
+    fn counts_the_full_range_up_to_a_limit() {
+        let s = Store::temporary().unwrap();
+        let ids = fill(&s, 10);
+        s.archive_append("other@x", "b@x", "<m/>").unwrap();
+        // Paging fields do not change the full set; the index is the position of `first`.
+        let paged = ArchiveQuery {
+            after_id: Some(ids[2]),
+            ..q(2)
+        };
+        assert_eq!(
+            s.archive_count("a@x", &q(2), Some(ids[3]), 100).unwrap(),
+            Some((10, 3))
+        );
+        assert_eq!(
+            s.archive_count("a@x", &paged, Some(ids[5]), 100).unwrap(),
+            Some((7, 2))
+        );
+        let with_c = ArchiveQuery {
+            with: Some("c@x".into()),
+            ..q(2)
+        };
+        assert_eq!(
+            s.archive_count("a@x", &with_c, None, 100).unwrap(),
+            Some((5, 0))
+        );
+        // A set larger than the limit is not counted; one exactly at it is.
+        assert_eq!(s.archive_count("a@x", &q(2), None, 9).unwrap(), None);
+        assert_eq!(
+            s.archive_count("a@x", &q(2), None, 10).unwrap(),
+            Some((10, 0))
+        );
     }
 
     #[test]
